@@ -1,0 +1,1 @@
+//! The template (TDL) library. (Being built: see issue "Templates: the full TDL language".)
