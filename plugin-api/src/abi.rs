@@ -10,8 +10,7 @@
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
-    package_version_strings,
-    sabi_trait,
+    package_version_strings, sabi_trait,
     sabi_types::{RRef, VersionStrings},
     std_types::{RResult, RStr, RString},
     StableAbi,

@@ -70,9 +70,7 @@ impl Manifest {
             plugin_type: PluginType::Os,
             targets: targets
                 .iter()
-                .map(|(os, ver, arch)| {
-                    vec![Some(os.to_string()), ver.map(str::to_string), arch.map(str::to_string)]
-                })
+                .map(|(os, ver, arch)| vec![Some(os.to_string()), ver.map(str::to_string), arch.map(str::to_string)])
                 .collect(),
             version: version.to_string(),
             description: description.to_string(),

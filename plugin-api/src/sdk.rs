@@ -182,10 +182,7 @@ pub trait OsPlugin: Send + Sync + 'static {
     /// The default copies the base body unchanged when there is no content to apply.
     fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
         if !req.content.is_empty() {
-            return Err(PluginError::new(format!(
-                "this OS plugin cannot apply target content for {}",
-                req.target
-            )));
+            return Err(PluginError::new(format!("this OS plugin cannot apply target content for {}", req.target)));
         }
         host.activity("Copying base image");
         std::fs::copy(&req.base_body_path, host.body_path())
@@ -205,7 +202,11 @@ pub trait CloudPlugin: Send + Sync + 'static {
     }
 
     /// Runs before the OS plugin's target stage; returns content the OS plugin applies.
-    fn builder_will_create_target_image(&self, _host: &Host, _req: TargetHookRequest) -> Result<TargetContent, PluginError> {
+    fn builder_will_create_target_image(
+        &self,
+        _host: &Host,
+        _req: TargetHookRequest,
+    ) -> Result<TargetContent, PluginError> {
         Ok(TargetContent::default())
     }
 
@@ -275,10 +276,7 @@ pub fn __manifest_entry(manifest: fn() -> Manifest) -> RString {
     }
 }
 
-fn plugin_object<'c>(
-    cell: &'c PluginCell,
-    ctor: fn() -> Result<PluginObject, PluginError>,
-) -> &'c Result<PluginObject, String> {
+fn plugin_object(cell: &PluginCell, ctor: fn() -> Result<PluginObject, PluginError>) -> &Result<PluginObject, String> {
     cell.get_or_init(|| match catch_unwind(ctor) {
         Ok(Ok(obj)) => Ok(obj),
         Ok(Err(e)) => Err(format!("plugin constructor failed: {}", e.message)),
@@ -313,10 +311,9 @@ pub fn __call_entry(
     match outcome {
         Ok(Ok(json)) => RResult::ROk(json.into()),
         Ok(Err(e)) => RResult::RErr(error_json(&e)),
-        Err(p) => RResult::RErr(error_json(&PluginError::new(format!(
-            "plugin panicked: {}",
-            panic_message(p.as_ref())
-        )))),
+        Err(p) => {
+            RResult::RErr(error_json(&PluginError::new(format!("plugin panicked: {}", panic_message(p.as_ref())))))
+        }
     }
 }
 

@@ -1,1 +1,8 @@
-fn main(){}
+//! `imagefactory`: build images from the command line.
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some(imagefactory::worker::WORKER_ARG) {
+        std::process::exit(imagefactory::worker::worker_main());
+    }
+    std::process::exit(imagefactory::cli::main());
+}

@@ -1,0 +1,268 @@
+//! The configuration file, `imagefactory.conf`: JSON with the original's keys.
+//!
+//! Unknown keys are warned about (a typo should not pass silently, but a config written
+//! for the original, with keys we do not use, must still start). A known key with a
+//! value of the wrong type or out of range stops the start with one clear line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Errors reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// `image_manager_args`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageManagerArgs {
+    pub storage_path: PathBuf,
+}
+
+/// The settings the host uses. Field names are the original's config keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    #[serde(deserialize_with = "lenient_bool")]
+    pub debug: bool,
+    #[serde(deserialize_with = "lenient_bool")]
+    pub no_ssl: bool,
+    #[serde(deserialize_with = "lenient_bool")]
+    pub no_oauth: bool,
+    pub ssl_pem: Option<String>,
+    pub port: u16,
+    pub address: String,
+    /// Plugin directories (the original took one; a list is accepted too).
+    #[serde(deserialize_with = "one_or_many")]
+    pub plugins: Vec<PathBuf>,
+    pub image_manager: String,
+    pub image_manager_args: ImageManagerArgs,
+    /// Seconds an OS install may take before it is failed.
+    pub timeout: u64,
+    pub tmpdir: PathBuf,
+    pub imgdir: PathBuf,
+    pub max_concurrent_local_sessions: usize,
+    pub max_concurrent_ec2_sessions: usize,
+    /// OAuth consumer keys and secrets.
+    pub clients: BTreeMap<String, String>,
+    #[serde(deserialize_with = "lenient_bool")]
+    pub tdl_require_root_pw: bool,
+    pub jeos_config: Vec<PathBuf>,
+    /// Path of target_content.xml (packages and repositories added per target).
+    pub target_content: Option<PathBuf>,
+    /// Largest request body the API accepts, in bytes.
+    pub max_request_bytes: usize,
+    /// Plugin-specific keys passed through to plugins untouched.
+    #[serde(skip)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            debug: false,
+            no_ssl: false,
+            no_oauth: false,
+            ssl_pem: None,
+            port: 8075,
+            address: "0.0.0.0".to_string(),
+            plugins: vec![PathBuf::from("/etc/imagefactory/plugins.d")],
+            image_manager: "file".to_string(),
+            image_manager_args: ImageManagerArgs { storage_path: PathBuf::from("/var/lib/imagefactory/storage") },
+            timeout: 3600,
+            tmpdir: std::env::temp_dir(),
+            imgdir: PathBuf::from("/var/lib/imagefactory/images"),
+            max_concurrent_local_sessions: 2,
+            max_concurrent_ec2_sessions: 4,
+            clients: BTreeMap::new(),
+            tdl_require_root_pw: false,
+            jeos_config: Vec::new(),
+            target_content: None,
+            max_request_bytes: 16 * 1024 * 1024,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// The original's shipped config writes booleans as 0 and 1; accept those and the words.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Bool(b) => Ok(b),
+        Value::Number(n) if n.as_i64() == Some(0) => Ok(false),
+        Value::Number(n) if n.as_i64() == Some(1) => Ok(true),
+        Value::String(s) if ["yes", "true", "1"].contains(&s.to_ascii_lowercase().as_str()) => Ok(true),
+        Value::String(s) if ["no", "false", "0"].contains(&s.to_ascii_lowercase().as_str()) => Ok(false),
+        other => Err(serde::de::Error::custom(format!("expected a boolean (true/false, 0/1), got {other}"))),
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Keys the original's config had that this host reads, or accepts and ignores on purpose.
+const KNOWN_KEYS: &[&str] = &[
+    "debug",
+    "no_ssl",
+    "no_oauth",
+    "ssl_pem",
+    "port",
+    "address",
+    "plugins",
+    "image_manager",
+    "image_manager_args",
+    "timeout",
+    "tmpdir",
+    "imgdir",
+    "max_concurrent_local_sessions",
+    "max_concurrent_ec2_sessions",
+    "clients",
+    "tdl_require_root_pw",
+    "jeos_config",
+    "target_content",
+    "max_request_bytes",
+];
+
+/// Keys plugins read (passed through in `extra`, never warned about).
+const PLUGIN_KEYS: &[&str] = &[
+    "ec2_ami_type",
+    "ec2_image_format",
+    "rhevm_image_format",
+    "openstack_image_format",
+    "proxy_ami_id",
+    "ec2-32bit-util",
+    "ec2-64bit-util",
+    "oz_data_dir",
+    "oz_screenshot_dir",
+    "verbose",
+    "secondary",
+    "libvirt_uri",
+    "accelerator",
+];
+
+impl Config {
+    /// Reads a config file. Relative paths inside it are taken relative to the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_json(&text, path)
+    }
+
+    /// Parses config text; `path` names the file in messages and anchors relative paths.
+    pub fn from_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|source| ConfigError::Json { path: path.into(), source })?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::Invalid {
+                path: path.into(),
+                message: "the top level must be a JSON object".into(),
+            });
+        };
+        let mut known = serde_json::Map::new();
+        let mut extra = BTreeMap::new();
+        for (key, val) in map {
+            if KNOWN_KEYS.contains(&key.as_str()) {
+                known.insert(key, val);
+            } else {
+                if !PLUGIN_KEYS.contains(&key.as_str()) {
+                    tracing::warn!(config = %path.display(), key = %key, "unknown config key (ignored)");
+                }
+                extra.insert(key, val);
+            }
+        }
+        let mut config: Config = serde_json::from_value(Value::Object(known))
+            .map_err(|e| ConfigError::Invalid { path: path.into(), message: e.to_string() })?;
+        config.extra = extra;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        config.plugins.iter_mut().for_each(anchor);
+        anchor(&mut config.image_manager_args.storage_path);
+        if let Some(tc) = config.target_content.as_mut() {
+            anchor(tc);
+        }
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.into(), message })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.image_manager != "file" {
+            return Err(format!("image_manager \"{}\" is not supported (only \"file\")", self.image_manager));
+        }
+        if self.max_concurrent_local_sessions == 0 {
+            return Err("max_concurrent_local_sessions must be at least 1".into());
+        }
+        if self.timeout == 0 {
+            return Err("timeout must be at least 1 second".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return Err("max_request_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
+    /// The storage directory of the file image store.
+    pub fn storage_path(&self) -> &Path {
+        &self.image_manager_args.storage_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_original_shipped_config() {
+        let text = r#"{"debug": 0, "no_ssl": 0, "no_oauth": 0, "imgdir": "/var/lib/imagefactory/images",
+            "ec2_ami_type": "ebs", "clients": {"mock-key": "mock-secret"}, "max_concurrent_local_sessions": 2,
+            "image_manager": "file", "image_manager_args": {"storage_path": "/var/lib/imagefactory/storage"},
+            "tdl_require_root_pw": 0, "jeos_config": ["/etc/imagefactory/jeos_images/"]}"#;
+        let c = Config::from_json(text, Path::new("/etc/x.conf")).unwrap();
+        assert_eq!(c.clients["mock-key"], "mock-secret");
+        assert_eq!(c.storage_path(), Path::new("/var/lib/imagefactory/storage"));
+        assert_eq!(c.extra["ec2_ami_type"], "ebs");
+    }
+
+    #[test]
+    fn bad_values_stop_with_one_line() {
+        let e = Config::from_json(r#"{"max_concurrent_local_sessions": "two"}"#, Path::new("c.conf")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("config file c.conf: invalid type"), "{msg}");
+        assert!(!msg.contains('\n'));
+        let e = Config::from_json(r#"{"max_concurrent_local_sessions": 0}"#, Path::new("c.conf")).unwrap_err();
+        assert_eq!(e.to_string(), "config file c.conf: max_concurrent_local_sessions must be at least 1");
+        let e = Config::from_json("[1]", Path::new("c.conf")).unwrap_err();
+        assert_eq!(e.to_string(), "config file c.conf: the top level must be a JSON object");
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_at_the_file() {
+        let c = Config::from_json(
+            r#"{"plugins": "plugins.d", "image_manager_args": {"storage_path": "store"}}"#,
+            Path::new("/opt/if/imagefactory.conf"),
+        )
+        .unwrap();
+        assert_eq!(c.plugins, vec![PathBuf::from("/opt/if/plugins.d")]);
+        assert_eq!(c.storage_path(), Path::new("/opt/if/store"));
+    }
+}

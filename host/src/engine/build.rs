@@ -1,0 +1,467 @@
+//! One build, start to end, on a thread of its own: the steps of each kind of image.
+//!
+//! A build is a short list of steps; each step names its activity before it runs, so a
+//! failure reads "Failure encountered while: <activity>: <cause>". Plugin work runs in
+//! worker processes; the working directory of each operation is removed on every path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imagefactory_plugin_api::ops::*;
+use serde_json::{Map, Value};
+
+use super::{Inner, Job};
+use crate::image::{ImageRecord, Status, StatusDetail};
+use crate::plugins::ResolvedPlugin;
+use crate::worker::{self, Event, WorkerError};
+
+/// What a build thread is to do.
+pub(super) enum Plan {
+    Base {
+        plugin: ResolvedPlugin,
+    },
+    Target {
+        base_id: String,
+        os: ResolvedPlugin,
+        cloud: ResolvedPlugin,
+    },
+    Push {
+        target_id: String,
+        cloud: ResolvedPlugin,
+        provider: String,
+        credentials: String,
+    },
+    Snapshot {
+        cloud: ResolvedPlugin,
+        provider: String,
+        credentials: String,
+    },
+    Import {
+        file: PathBuf,
+    },
+    /// `provider`: the cloud plugin, provider, credentials and target for delete_from_provider.
+    Delete {
+        provider: Option<(ResolvedPlugin, String, String, String)>,
+        parameters: Map<String, Value>,
+    },
+}
+
+/// Why a build stopped.
+enum Failure {
+    /// A step failed: the one-line cause, and the chain of causes for the log.
+    Error {
+        cause: String,
+        chain: Vec<String>,
+    },
+    Cancelled,
+}
+
+impl Failure {
+    fn msg(cause: impl Into<String>) -> Failure {
+        Failure::Error { cause: cause.into(), chain: Vec::new() }
+    }
+}
+
+type Step<T> = Result<T, Failure>;
+
+/// The context of one build: the engine, the image id and its job.
+struct Build<'a> {
+    inner: &'a Arc<Inner>,
+    id: &'a str,
+    job: &'a Job,
+    /// Secrets of this build, scrubbed from every log line.
+    secrets: Vec<String>,
+}
+
+pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
+    let span = tracing::info_span!("build", image = %id);
+    let _enter = span.enter();
+    let Some(_lock) = inner.store.try_lock(id) else {
+        tracing::error!("another process holds this image's build lock");
+        inner.finish_job(id);
+        return;
+    };
+    let secrets = match &plan {
+        Plan::Push { credentials, .. } | Plan::Snapshot { credentials, .. } => vec![credentials.clone()],
+        Plan::Delete { provider: Some((_, _, credentials, _)), .. } => vec![credentials.clone()],
+        _ => Vec::new(),
+    };
+    let build = Build { inner, id, job, secrets };
+    let is_delete = matches!(plan, Plan::Delete { .. });
+    let outcome = match plan {
+        Plan::Base { plugin } => build.base(&plugin),
+        Plan::Target { base_id, os, cloud } => build.target(&base_id, &os, &cloud),
+        Plan::Push { target_id, cloud, provider, credentials } => build.push(&target_id, &cloud, provider, credentials),
+        Plan::Snapshot { cloud, provider, credentials } => build.snapshot(&cloud, provider, credentials),
+        Plan::Import { file } => build.import(&file),
+        Plan::Delete { provider, parameters } => build.delete(provider, parameters),
+    };
+    if is_delete {
+        build.end_delete(outcome);
+    } else {
+        build.end(outcome);
+    }
+    inner.finish_job(id);
+}
+
+impl Build<'_> {
+    fn record(&self) -> Option<ImageRecord> {
+        self.inner.store.get(self.id)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ImageRecord)) {
+        if let Err(e) = self.inner.update(self.id, f) {
+            tracing::error!(error = %e, "cannot persist the image's state");
+        }
+    }
+
+    /// Names the sub-task now under way (persisted, so GET shows it).
+    fn activity(&self, activity: &str) {
+        self.log("INFO", activity);
+        self.update(|r| r.status_detail.activity = activity.to_string());
+    }
+
+    fn set_status(&self, status: Status, activity: &str) {
+        self.log("INFO", activity);
+        self.update(|r| {
+            r.status = status;
+            r.status_detail = StatusDetail { activity: activity.to_string(), error: None };
+        });
+    }
+
+    /// Moves percent_complete forward (never back).
+    fn percent(&self, pct: u8) {
+        self.update(|r| r.percent_complete = r.percent_complete.max(pct.min(100)));
+    }
+
+    fn log(&self, level: &str, line: &str) {
+        let mut line = line.to_string();
+        for s in self.secrets.iter().filter(|s| !s.is_empty()) {
+            line = line.replace(s.as_str(), "REDACTED");
+        }
+        self.inner.store.append_log(self.id, &format!("{} {level} {line}", timestamp()));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.job.cancel.load(Ordering::SeqCst)
+    }
+
+    fn check_cancelled(&self) -> Step<()> {
+        if self.cancelled() {
+            Err(Failure::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records the end of a build: COMPLETE, or FAILED with the one-line error.
+    fn end(&self, outcome: Step<()>) {
+        match outcome {
+            Ok(()) => {
+                let kind = self.record().map(|r| r.kind.class()).unwrap_or("Image");
+                let activity = format!("{} build complete", kind.replace("Image", " Image"));
+                self.log("INFO", &activity);
+                self.update(|r| {
+                    r.status = Status::Complete;
+                    r.percent_complete = 100;
+                    r.status_detail = StatusDetail { activity, error: None };
+                });
+            }
+            Err(failure) => self.fail(failure),
+        }
+    }
+
+    fn fail(&self, failure: Failure) {
+        let activity = self.record().map(|r| r.status_detail.activity).unwrap_or_default();
+        let (cause, chain) = match failure {
+            Failure::Error { cause, chain } => (cause, chain),
+            Failure::Cancelled => ("cancelled".to_string(), Vec::new()),
+        };
+        let error = format!("Failure encountered while: {activity}: {cause}");
+        self.log("ERROR", &error);
+        for c in &chain {
+            self.log("ERROR", &format!("  caused by: {c}"));
+        }
+        tracing::error!(%error, chain = ?chain, "build failed");
+        self.update(|r| {
+            r.status = Status::Failed;
+            r.status_detail.error = Some(error);
+        });
+    }
+
+    /// Waits for a parent image to be COMPLETE (PENDING meanwhile).
+    fn wait_for_parent(&self, parent_id: &str, parent_class: &str, my_class: &str) -> Step<ImageRecord> {
+        let failed = || {
+            Failure::msg(format!(
+                "The {parent_class} ({parent_id}) for our {my_class} has failed its build.  Cannot continue."
+            ))
+        };
+        let mut announced = false;
+        loop {
+            self.check_cancelled()?;
+            let seen = { *self.inner.changed.0.lock().unwrap_or_else(|p| p.into_inner()) };
+            let parent = self.inner.store.get(parent_id).ok_or_else(failed)?;
+            match parent.status {
+                Status::Complete => return Ok(parent),
+                Status::Failed | Status::Deleting | Status::Deleted | Status::DeleteFailed => return Err(failed()),
+                _ if !announced => {
+                    self.set_status(Status::Pending, &format!("Waiting for {parent_class} {parent_id}"));
+                    announced = true;
+                }
+                _ => {}
+            }
+            self.inner.wait_change(seen, Duration::from_millis(500));
+        }
+    }
+
+    /// Waits for a free build slot (PENDING meanwhile) and holds it.
+    fn acquire_slot(&self) -> Step<super::slots::SlotGuard<'_>> {
+        if let Some(g) = self.inner.slots.try_acquire() {
+            return Ok(g);
+        }
+        self.set_status(Status::Pending, "Waiting for a free build slot (max_concurrent_local_sessions)");
+        loop {
+            self.check_cancelled()?;
+            if let Some(g) = self.inner.slots.acquire_timeout(Duration::from_millis(200)) {
+                return Ok(g);
+            }
+        }
+    }
+
+    /// Runs one plugin operation in a worker; its progress maps onto `lo..=hi` percent.
+    fn call(&self, plugin: &ResolvedPlugin, op: Operation, body: &Path, lo: u8, hi: u8) -> Step<Value> {
+        self.check_cancelled()?;
+        let op_name = op.name();
+        let work_dir = self.inner.config.tmpdir.join(format!("imagefactory-{}-{op_name}", self.id));
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| Failure::msg(format!("cannot create working directory {}: {e}", work_dir.display())))?;
+        self.log("INFO", &format!("running {op_name} of plugin {}", plugin.name));
+        let job = worker::Job {
+            plugin_path: plugin.path.clone(),
+            body_path: body.to_path_buf(),
+            work_dir: work_dir.clone(),
+            operation: op,
+        };
+        let mut on_event = |ev: Event| match ev {
+            Event::Activity(a) => self.activity(&a),
+            Event::Percent(p) => self.percent(lo + ((hi - lo) as u32 * p.min(100) as u32 / 100) as u8),
+            Event::Log { level, line } => self.log(&level, &line),
+            Event::Result(_) | Event::Error(_) => {}
+        };
+        let result = worker::run(&self.inner.config.worker_exe, &job, &self.job.cancel, &mut on_event);
+        if let Err(e) = std::fs::remove_dir_all(&work_dir) {
+            tracing::warn!(dir = %work_dir.display(), error = %e, "cannot remove a working directory");
+        }
+        match result {
+            Ok(v) => {
+                self.percent(hi);
+                Ok(v)
+            }
+            Err(WorkerError::Cancelled) => Err(Failure::Cancelled),
+            Err(WorkerError::Plugin(e)) if e.message == "cancelled" && self.cancelled() => Err(Failure::Cancelled),
+            Err(WorkerError::Plugin(e)) => Err(Failure::Error { cause: e.message, chain: e.chain }),
+            Err(e) => Err(Failure::msg(format!("{} ({op_name} of plugin {})", e, plugin.name))),
+        }
+    }
+
+    fn base(&self, plugin: &ResolvedPlugin) -> Step<()> {
+        let _slot = self.acquire_slot()?;
+        self.set_status(Status::Building, &format!("Building base image with {}", plugin.name));
+        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let req = BaseImageRequest {
+            image_id: self.id.to_string(),
+            template: rec.template.clone().unwrap_or_default(),
+            parameters: rec_parameters(&rec),
+        };
+        let out = self.call(plugin, Operation::CreateBaseImage(req), Path::new(&rec.data), 0, 99)?;
+        let out: BaseImageOutcome = decode(out)?;
+        self.update(|r| {
+            r.icicle = out.icicle;
+            r.properties.extend(out.properties);
+        });
+        Ok(())
+    }
+
+    fn target(&self, base_id: &str, os: &ResolvedPlugin, cloud: &ResolvedPlugin) -> Step<()> {
+        let base = self.wait_for_parent(base_id, "BaseImage", "TargetImage")?;
+        let _slot = self.acquire_slot()?;
+        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let target = rec.target.clone().unwrap_or_default();
+        self.set_status(Status::Building, &format!("Building {target} target image with {}", cloud.name));
+        self.update(|r| r.icicle = base.icicle.clone());
+        let hook = TargetHookRequest {
+            image_id: self.id.to_string(),
+            base_image_id: base_id.to_string(),
+            base_body_path: base.data.clone(),
+            target: target.clone(),
+            template: rec.template.clone().unwrap_or_default(),
+            parameters: rec_parameters(&rec),
+        };
+        let body = Path::new(&rec.data);
+        let should: ShouldCreate =
+            decode(self.call(cloud, Operation::BuilderShouldCreateTargetImage(hook.clone()), body, 0, 2)?)?;
+        let content: TargetContent =
+            decode(self.call(cloud, Operation::BuilderWillCreateTargetImage(hook.clone()), body, 2, 10)?)?;
+        if should.create {
+            let req = TargetImageRequest {
+                image_id: self.id.to_string(),
+                base_image_id: base_id.to_string(),
+                base_body_path: base.data.clone(),
+                target,
+                template: hook.template.clone(),
+                parameters: hook.parameters.clone(),
+                content,
+            };
+            let out: TargetImageOutcome = decode(self.call(os, Operation::CreateTargetImage(req), body, 10, 60)?)?;
+            self.update(|r| {
+                if out.icicle.is_some() {
+                    r.icicle = out.icicle;
+                }
+                r.properties.extend(out.properties);
+            });
+            self.call(cloud, Operation::BuilderDidCreateTargetImage(hook), body, 60, 99)?;
+        }
+        Ok(())
+    }
+
+    fn push(&self, target_id: &str, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
+        let target = self.wait_for_parent(target_id, "TargetImage", "ProviderImage")?;
+        let _slot = self.acquire_slot()?;
+        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        self.set_status(Status::Building, &format!("Pushing target image {target_id} to the provider"));
+        self.update(|r| r.icicle = target.icicle.clone());
+        let req = PushRequest {
+            image_id: self.id.to_string(),
+            target_image_id: target_id.to_string(),
+            target_body_path: target.data.clone(),
+            provider,
+            credentials,
+            target: rec.target.clone().unwrap_or_default(),
+            template: rec.template.clone().unwrap_or_default(),
+            parameters: rec_parameters(&rec),
+        };
+        let out: ProviderOutcome =
+            decode(self.call(cloud, Operation::PushImageToProvider(req), Path::new(&rec.data), 0, 99)?)?;
+        self.provider_outcome(out);
+        Ok(())
+    }
+
+    fn snapshot(&self, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
+        let _slot = self.acquire_slot()?;
+        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        self.set_status(Status::Building, "Building a snapshot image on the provider");
+        let req = SnapshotRequest {
+            image_id: self.id.to_string(),
+            provider,
+            credentials,
+            target: rec.target.clone().unwrap_or_default(),
+            template: rec.template.clone().unwrap_or_default(),
+            parameters: rec_parameters(&rec),
+        };
+        let out: ProviderOutcome =
+            decode(self.call(cloud, Operation::SnapshotImageOnProvider(req), Path::new(&rec.data), 0, 99)?)?;
+        self.provider_outcome(out);
+        Ok(())
+    }
+
+    fn provider_outcome(&self, out: ProviderOutcome) {
+        self.update(|r| {
+            r.identifier_on_provider = Some(out.identifier_on_provider);
+            r.provider_account_identifier = out.provider_account_identifier;
+            r.properties.extend(out.properties);
+        });
+    }
+
+    fn import(&self, file: &Path) -> Step<()> {
+        let _slot = self.acquire_slot()?;
+        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        self.set_status(Status::Building, &format!("Importing {} with qemu-img", file.display()));
+        let out = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(file)
+            .arg(&rec.data)
+            .output()
+            .map_err(|e| Failure::msg(format!("cannot run qemu-img: {e}")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(Failure::msg(format!(
+                "qemu-img convert failed: {}",
+                stderr.lines().next().unwrap_or("no message")
+            )));
+        }
+        Ok(())
+    }
+
+    fn delete(
+        &self,
+        provider: Option<(ResolvedPlugin, String, String, String)>,
+        parameters: Map<String, Value>,
+    ) -> Step<()> {
+        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        if let Some((cloud, provider, credentials, target)) = provider {
+            self.activity(&format!(
+                "Deleting {} from the provider",
+                rec.identifier_on_provider.clone().unwrap_or_default()
+            ));
+            let req = DeleteRequest {
+                image_id: self.id.to_string(),
+                identifier_on_provider: rec.identifier_on_provider.clone(),
+                provider,
+                credentials,
+                target,
+                parameters,
+            };
+            // Delete runs even if the image's own build was cancelled: use a fresh flag.
+            self.job.cancel.store(false, Ordering::SeqCst);
+            self.call(&cloud, Operation::DeleteFromProvider(req), Path::new(&rec.data), 0, 99)?;
+        }
+        self.activity("Removing the image's files");
+        Ok(())
+    }
+
+    fn end_delete(&self, outcome: Step<()>) {
+        match outcome {
+            Ok(()) => {
+                // The callback still hears DELETED before the record goes.
+                self.update(|r| {
+                    r.status = Status::Deleted;
+                    r.status_detail = StatusDetail { activity: "Image deleted.".into(), error: None };
+                });
+                if let Err(e) = self.inner.store.remove(self.id) {
+                    tracing::error!(error = %e, "cannot remove the image's files");
+                }
+                self.inner.notify();
+            }
+            Err(failure) => {
+                let cause = match failure {
+                    Failure::Error { cause, .. } => cause,
+                    Failure::Cancelled => "cancelled".into(),
+                };
+                let activity = self.record().map(|r| r.status_detail.activity).unwrap_or_default();
+                let error = format!("Failure encountered while: {activity}: {cause}");
+                self.log("ERROR", &error);
+                self.update(|r| {
+                    r.status = Status::DeleteFailed;
+                    r.status_detail.error = Some(error);
+                });
+            }
+        }
+    }
+}
+
+/// The parameters a plugin sees: the stored ones (callback passwords already redacted).
+fn rec_parameters(rec: &ImageRecord) -> Parameters {
+    rec.parameters.clone()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Step<T> {
+    serde_json::from_value(v).map_err(|e| Failure::msg(format!("the plugin returned an unexpected result: {e}")))
+}
+
+fn timestamp() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    format!("{secs:.3}")
+}

@@ -1,0 +1,57 @@
+//! Starting the pieces both binaries share: logging, config, store, plugins, engine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError};
+use crate::engine::{Engine, EngineConfig};
+use crate::plugins::PluginRegistry;
+use crate::store::{Store, StoreError};
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot find the host's own executable (needed to start plugin workers): {0}")]
+    Exe(std::io::Error),
+}
+
+/// The default config path, as the original.
+pub const DEFAULT_CONFIG: &str = "/etc/imagefactory/imagefactory.conf";
+
+/// Reads the config: the file given, or the default one when it exists, or defaults.
+pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Logs to stderr at `level` ("debug", "info", "warn"; RUST_LOG overrides).
+pub fn init_logging(level: &str) {
+    let default = level;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Opens the store, discovers plugins (config dirs plus `extra_plugin_dirs`), and makes
+/// the engine. Does not recover interrupted builds: the caller decides.
+pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, SetupError> {
+    let store = Store::open(config.storage_path())?;
+    let mut dirs = config.plugins.clone();
+    dirs.extend(extra_plugin_dirs.iter().cloned());
+    let plugins = Arc::new(PluginRegistry::discover(&dirs));
+    let worker_exe = std::env::current_exe().map_err(SetupError::Exe)?;
+    let engine_config = EngineConfig {
+        worker_exe,
+        max_concurrent_local_sessions: config.max_concurrent_local_sessions,
+        tmpdir: config.tmpdir.clone(),
+        require_root_pw: config.tdl_require_root_pw,
+    };
+    Ok(Engine::new(store, plugins, engine_config))
+}

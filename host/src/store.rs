@@ -1,0 +1,360 @@
+//! The embedded image store: the original's flat directory of `<uuid>.meta` + `<uuid>.body`.
+//!
+//! Every write of a `.meta` goes to a temporary file that is fsynced and then renamed over
+//! the old one, so a crash leaves either the old or the new metadata, never a torn file.
+//! An in-memory index answers queries; it is refreshed from disk when another process
+//! (the CLI and the daemon may share a storage directory) changed the directory.
+//!
+//! Beside each image the store keeps its build log (`<uuid>.log`) and, while a build runs,
+//! a lock file (`.<uuid>.lock`) held with `flock` by the building process, so recovery at
+//! start can tell an interrupted build from one another process is still running.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+use crate::image::{ImageKind, ImageRecord, Status};
+
+/// Errors of the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage path {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot create storage directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot remove {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("image {0} is not in the store")]
+    NotFound(String),
+}
+
+/// A query over stored images: every field given must match exactly.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub kind: Option<ImageKind>,
+    pub status: Option<Status>,
+    pub base_image_id: Option<String>,
+    pub target_image_id: Option<String>,
+    pub identifier: Option<String>,
+}
+
+impl Query {
+    pub fn kind(kind: ImageKind) -> Query {
+        Query { kind: Some(kind), ..Query::default() }
+    }
+
+    fn matches(&self, r: &ImageRecord) -> bool {
+        self.kind.is_none_or(|k| r.kind == k)
+            && self.status.is_none_or(|s| r.status == s)
+            && self.identifier.as_deref().is_none_or(|i| r.identifier == i)
+            && self.base_image_id.as_ref().is_none_or(|b| r.base_image_id.as_ref() == Some(b))
+            && self.target_image_id.as_ref().is_none_or(|t| r.target_image_id.as_ref() == Some(t))
+    }
+}
+
+struct Index {
+    records: HashMap<String, (ImageRecord, SystemTime)>,
+    /// The directory's mtime after our last scan or write; a different value means
+    /// another process changed the store.
+    dir_mtime: Option<SystemTime>,
+}
+
+/// The file store.
+pub struct Store {
+    dir: PathBuf,
+    index: RwLock<Index>,
+}
+
+/// An exclusive lock on one image, held while a process builds it.
+pub struct BuildLock {
+    file: File,
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        // Closing the file releases the flock; unlocking first makes that explicit.
+        // SAFETY: the descriptor belongs to `self.file`, which is still open here.
+        unsafe {
+            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Store {
+    /// Opens (creating it if missing) the storage directory and loads its index.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let dir = dir.into();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: dir });
+        }
+        fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir { path: dir.clone(), source })?;
+        let store = Store { dir, index: RwLock::new(Index { records: HashMap::new(), dir_mtime: None }) };
+        store.refresh();
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn meta_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.meta"))
+    }
+
+    pub fn body_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.body"))
+    }
+
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    fn lock_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(".{id}.lock"))
+    }
+
+    /// Re-reads `.meta` files that changed on disk since the index last saw them.
+    fn refresh(&self) {
+        let now_mtime = mtime(&self.dir);
+        {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            if index.dir_mtime.is_some() && index.dir_mtime == now_mtime {
+                return;
+            }
+        }
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot scan the storage directory");
+                return;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
+            if id.starts_with('.') {
+                continue;
+            }
+            let modified = entry.metadata().and_then(|m| m.modified()).ok();
+            seen.insert(id.to_string());
+            if let (Some((_, cached)), Some(m)) = (index.records.get(id), modified) {
+                if *cached == m {
+                    continue;
+                }
+            }
+            match read_meta(&entry.path()) {
+                Ok(rec) => {
+                    index.records.insert(id.to_string(), (rec, modified.unwrap_or(SystemTime::UNIX_EPOCH)));
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "skipping unreadable image metadata")
+                }
+            }
+        }
+        index.records.retain(|id, _| seen.contains(id));
+        index.dir_mtime = now_mtime;
+    }
+
+    /// Adds a new image: writes its `.meta` and an empty `.body`.
+    pub fn add(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let body = self.body_path(&record.identifier);
+        File::create(&body).map_err(|source| StoreError::Write { path: body, source })?;
+        self.save(record)
+    }
+
+    /// Persists a record atomically (temp file, fsync, rename, fsync of the directory).
+    pub fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let path = self.meta_path(&record.identifier);
+        let tmp = self.dir.join(format!(".{}.meta.tmp", record.identifier));
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| StoreError::Write { path: path.clone(), source: io::Error::other(e) })?;
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        };
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        write().map_err(|source| StoreError::Write { path: path.clone(), source })?;
+        let modified = mtime(&path).unwrap_or(SystemTime::UNIX_EPOCH);
+        // Our own rename changed the directory; remember its new mtime so the next query
+        // does not rescan for nothing. (A change by another process in the same instant
+        // is picked up by `get`, which falls back to disk.)
+        let known_before = index.dir_mtime.is_some();
+        index.records.insert(record.identifier.clone(), (record.clone(), modified));
+        if known_before {
+            index.dir_mtime = mtime(&self.dir);
+        }
+        Ok(())
+    }
+
+    /// The record with this id, from the index or, failing that, from disk.
+    pub fn get(&self, id: &str) -> Option<ImageRecord> {
+        if !is_plain_id(id) {
+            return None;
+        }
+        let path = self.meta_path(id);
+        let on_disk = mtime(&path)?;
+        {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((rec, cached)) = index.records.get(id) {
+                if *cached == on_disk {
+                    return Some(rec.clone());
+                }
+            }
+        }
+        let rec = read_meta(&path).ok()?;
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        index.records.insert(id.to_string(), (rec.clone(), on_disk));
+        Some(rec)
+    }
+
+    /// Every record matching the query, oldest first.
+    pub fn query(&self, query: &Query) -> Vec<ImageRecord> {
+        self.refresh();
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<ImageRecord> =
+            index.records.values().map(|(r, _)| r).filter(|r| query.matches(r)).cloned().collect();
+        out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.identifier.cmp(&b.identifier)));
+        out
+    }
+
+    /// Removes an image's metadata, body, log and any other files named after it.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        if !is_plain_id(id) {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for path in [self.meta_path(id), self.body_path(id), self.log_path(id), self.lock_path(id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Remove { path, source }),
+            }
+        }
+        for extra in ["console.log", "screenshot.png"] {
+            let _ = fs::remove_file(self.dir.join(format!("{id}.{extra}")));
+        }
+        index.records.remove(id);
+        Ok(())
+    }
+
+    /// Appends a line to the image's build log.
+    pub fn append_log(&self, id: &str, line: &str) {
+        let path = self.log_path(id);
+        let res = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+            let mut text = line.replace('\n', " ");
+            text.push('\n');
+            f.write_all(text.as_bytes())
+        });
+        if let Err(e) = res {
+            tracing::warn!(file = %path.display(), error = %e, "cannot append to the build log");
+        }
+    }
+
+    /// Takes the build lock of an image without waiting; `None` when another process
+    /// holds it.
+    pub fn try_lock(&self, id: &str) -> Option<BuildLock> {
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(self.lock_path(id)).ok()?;
+        // SAFETY: flock on a descriptor we own; LOCK_NB makes it return at once.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        (rc == 0).then_some(BuildLock { file })
+    }
+}
+
+fn read_meta(path: &Path) -> Result<ImageRecord, StoreError> {
+    let bytes = fs::read(path).map_err(|source| StoreError::Read { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StoreError::Read { path: path.to_path_buf(), source: io::Error::other(e) })
+}
+
+/// Image ids are UUIDs; anything with a path separator or a dot never names a file here.
+fn is_plain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: ImageKind, id: &str) -> ImageRecord {
+        ImageRecord::new(kind, id.to_string(), format!("/x/{id}.body"))
+    }
+
+    #[test]
+    fn save_get_query_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = record(ImageKind::BaseImage, "b1");
+        store.add(&b).unwrap();
+        let mut t = record(ImageKind::TargetImage, "t1");
+        t.base_image_id = Some("b1".into());
+        store.add(&t).unwrap();
+        assert!(dir.path().join("b1.body").exists());
+        b.status = Status::Complete;
+        store.save(&b).unwrap();
+        assert_eq!(store.get("b1").unwrap().status, Status::Complete);
+        let q = Query { base_image_id: Some("b1".into()), ..Query::default() };
+        assert_eq!(store.query(&q).iter().map(|r| r.identifier.as_str()).collect::<Vec<_>>(), vec!["t1"]);
+        assert_eq!(store.query(&Query::kind(ImageKind::BaseImage)).len(), 1);
+        store.remove("b1").unwrap();
+        assert!(store.get("b1").is_none());
+        assert!(!dir.path().join("b1.body").exists());
+        assert!(store.get("../etc/passwd").is_none());
+    }
+
+    #[test]
+    fn a_second_store_sees_changes_made_by_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(dir.path()).unwrap();
+        let b = Store::open(dir.path()).unwrap();
+        a.add(&record(ImageKind::BaseImage, "x1")).unwrap();
+        assert_eq!(b.get("x1").unwrap().identifier, "x1");
+        // Directory mtime granularity can hide two changes in one tick; wait a little.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        a.add(&record(ImageKind::BaseImage, "x2")).unwrap();
+        assert_eq!(b.query(&Query::kind(ImageKind::BaseImage)).len(), 2);
+    }
+
+    #[test]
+    fn no_temp_files_are_left_and_torn_meta_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add(&record(ImageKind::BaseImage, "ok1")).unwrap();
+        fs::write(dir.path().join("torn.meta"), b"{\"type\": \"BaseIm").unwrap();
+        let again = Store::open(dir.path()).unwrap();
+        let ids: Vec<_> = again.query(&Query::default()).into_iter().map(|r| r.identifier).collect();
+        assert_eq!(ids, vec!["ok1"]);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn build_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let held = store.try_lock("img").unwrap();
+        assert!(store.try_lock("img").is_none());
+        drop(held);
+        assert!(store.try_lock("img").is_some());
+    }
+}
