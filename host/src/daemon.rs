@@ -29,14 +29,14 @@ pub struct DaemonArgs {
     #[arg(long)]
     address: Option<String>,
     /// Serve plain HTTP.
-    #[arg(long)]
+    #[arg(long = "no_ssl", alias = "no-ssl")]
     no_ssl: bool,
     /// A PEM file with the certificate chain and the key; `*` (the default) makes a
     /// self-signed certificate at start.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long = "ssl_pem", alias = "ssl-pem", value_name = "FILE")]
     ssl_pem: Option<String>,
     /// Accept requests without OAuth signatures.
-    #[arg(long)]
+    #[arg(long = "no_oauth", alias = "no-oauth")]
     no_oauth: bool,
 }
 
