@@ -15,6 +15,8 @@ pub enum SetupError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("target content file {path}: {message}")]
+    TargetContent { path: PathBuf, message: String },
     #[error("cannot find the host's own executable (needed to start plugin workers): {0}")]
     Exe(std::io::Error),
 }
@@ -47,11 +49,25 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
     dirs.extend(extra_plugin_dirs.iter().cloned());
     let plugins = Arc::new(PluginRegistry::discover(&dirs));
     let worker_exe = std::env::current_exe().map_err(SetupError::Exe)?;
+    let target_content = match &config.target_content {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(xml) => Some(
+                imagefactory_plugin_api::tdl::TargetContentIncludes::parse(&xml)
+                    .map_err(|e| SetupError::TargetContent { path: path.clone(), message: e.to_string() })?,
+            ),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "target content file not readable; no per-target packages");
+                None
+            }
+        },
+    };
     let engine_config = EngineConfig {
         worker_exe,
         max_concurrent_local_sessions: config.max_concurrent_local_sessions,
         tmpdir: config.tmpdir.clone(),
         require_root_pw: config.tdl_require_root_pw,
+        target_content,
     };
     Ok(Engine::new(store, plugins, engine_config))
 }

@@ -302,8 +302,9 @@ impl Build<'_> {
         let body = Path::new(&rec.data);
         let should: ShouldCreate =
             decode(self.call(cloud, Operation::BuilderShouldCreateTargetImage(hook.clone()), body, 0, 2)?)?;
-        let content: TargetContent =
+        let mut content: TargetContent =
             decode(self.call(cloud, Operation::BuilderWillCreateTargetImage(hook.clone()), body, 2, 10)?)?;
+        self.add_target_content(&mut content, &target, &hook.template);
         if should.create {
             let req = TargetImageRequest {
                 image_id: self.id.to_string(),
@@ -324,6 +325,20 @@ impl Build<'_> {
             self.call(cloud, Operation::BuilderDidCreateTargetImage(hook), body, 60, 99)?;
         }
         Ok(())
+    }
+
+    /// Adds the packages conf/target_content.xml names for this target and OS.
+    fn add_target_content(&self, content: &mut TargetContent, target: &str, template: &str) {
+        let Some(includes) = &self.inner.config.target_content else { return };
+        let Ok(info) = crate::template::check(template, false) else { return };
+        if let Some(fragment) = includes.select(target, &info.os_name, &info.os_version, &info.os_arch) {
+            for p in &fragment.packages {
+                if !content.packages.contains(&p.name) {
+                    content.packages.push(p.name.clone());
+                }
+            }
+            self.log("INFO", &format!("target content for {target}: packages {}", content.packages.join(" ")));
+        }
     }
 
     fn push(&self, target_id: &str, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
