@@ -30,7 +30,10 @@ pub async fn check_accept(req: Request, next: Next) -> Response {
 /// Routes the original left open to anyone: the API root, jeos and targets.
 fn is_public(path: &str) -> bool {
     let p = path.trim_end_matches('/');
-    p == "/imagefactory" || p.starts_with("/imagefactory/jeos") || p.starts_with("/imagefactory/targets")
+    p == "/imagefactory"
+        || p == "/imagefactory/openapi.json"
+        || p.starts_with("/imagefactory/jeos")
+        || p.starts_with("/imagefactory/targets")
 }
 
 /// Two-legged OAuth 1.0a on every protected route, unless `no_oauth`.

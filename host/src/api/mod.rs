@@ -11,7 +11,9 @@ pub mod tls;
 
 mod body;
 mod middleware;
+mod openapi;
 mod represent;
+mod routes;
 
 use std::sync::Arc;
 
@@ -78,44 +80,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")))
 }
 
-/// The whole API under `/imagefactory`.
+/// The whole API under `/imagefactory`, made from the route table.
 pub fn router(state: ApiState) -> Router {
-    let mut api = Router::new()
-        .route("/imagefactory", get(api_info))
-        .route("/imagefactory/", get(api_info))
-        .route("/imagefactory/plugins", get(list_plugins))
-        .route("/imagefactory/plugins/", get(list_plugins))
-        .route("/imagefactory/plugins/{a}", get(get_plugin))
-        .route("/imagefactory/jeos", get(jeos_config))
-        .route("/imagefactory/jeos/images", get(jeos_images))
-        .route("/imagefactory/jeos/images/{a}", get(not_implemented))
-        .route("/imagefactory/targets", get(not_implemented))
-        .route("/imagefactory/targets/{a}", get(not_implemented))
-        .route("/imagefactory/targets/{a}/providers", get(not_implemented))
-        .route("/imagefactory/targets/{a}/providers/{b}", get(not_implemented))
-        .route("/imagefactory/validate", axum::routing::post(validate_template));
-    // Collections, nested collections, images, raw bodies and build logs. Path
-    // parameters are named by position (a, b, c, d) so nested routes never conflict.
-    let prefixes = [
-        ("/imagefactory", 0usize),
-        ("/imagefactory/base_images/{a}", 1),
-        ("/imagefactory/target_images/{a}", 1),
-        ("/imagefactory/base_images/{a}/target_images/{b}", 2),
-    ];
-    const NAMES: [&str; 4] = ["{a}", "{b}", "{c}", "{d}"];
-    for (prefix, depth) in prefixes {
-        for kind in ImageKind::ALL {
-            if !nested_allowed(prefix, kind) {
-                continue;
-            }
-            let coll = format!("{prefix}/{}", kind.collection());
-            let item = format!("{coll}/{}", NAMES[depth]);
-            api = api
-                .route(&coll, get(list_images).post(create_image))
-                .route(&item, get(get_image).delete(delete_image))
-                .route(&format!("{item}/raw_image"), get(raw_image))
-                .route(&format!("{item}/build_log"), get(build_log));
-        }
+    let mut api =
+        Router::new().route("/imagefactory/", get(api_info)).route("/imagefactory/plugins/", get(list_plugins));
+    for ep in routes::endpoints() {
+        api = api.route(&ep.path, ep.handlers);
     }
     let limit = state.config.max_request_bytes;
     api.fallback(unknown_route)
@@ -125,14 +95,13 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Which collections nest under which prefixes (as the original routed them).
-fn nested_allowed(prefix: &str, kind: ImageKind) -> bool {
-    match prefix {
-        "/imagefactory" => true,
-        p if p.ends_with("target_images/{b}") => kind == ImageKind::ProviderImage,
-        p if p.starts_with("/imagefactory/base_images") => kind == ImageKind::TargetImage,
-        _ => kind == ImageKind::ProviderImage,
-    }
+/// The OpenAPI document of this API.
+pub fn openapi() -> Value {
+    openapi::document(&routes::endpoints())
+}
+
+async fn openapi_json() -> Json<Value> {
+    Json(openapi())
 }
 
 /// The collection a request path names: the last collection segment before the id.
