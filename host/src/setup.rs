@@ -68,6 +68,17 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
         tmpdir: config.tmpdir.clone(),
         require_root_pw: config.tdl_require_root_pw,
         target_content,
+        settings: plugin_settings(config),
     };
     Ok(Engine::new(store, plugins, engine_config))
+}
+
+/// What plugins get of the config: the install timeout, the temp dir, and every key the
+/// host itself does not use (plugin-specific settings such as `accelerator`).
+fn plugin_settings(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    let mut out: serde_json::Map<String, serde_json::Value> =
+        config.extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.insert("timeout".into(), config.timeout.into());
+    out.insert("tmpdir".into(), config.tmpdir.to_string_lossy().into_owned().into());
+    out
 }

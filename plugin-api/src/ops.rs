@@ -56,6 +56,10 @@ pub struct BaseImageRequest {
     pub template: String,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Host settings for plugins: `timeout` (seconds an install may take), `tmpdir`, and
+    /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
+    #[serde(default)]
+    pub settings: Parameters,
 }
 
 /// What a finished base image build reports back.
@@ -126,6 +130,10 @@ pub struct TargetImageRequest {
     pub template: String,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Host settings for plugins: `timeout` (seconds an install may take), `tmpdir`, and
+    /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
+    #[serde(default)]
+    pub settings: Parameters,
     #[serde(default)]
     pub content: TargetContent,
 }
@@ -149,6 +157,10 @@ pub struct TargetHookRequest {
     pub template: String,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Host settings for plugins: `timeout` (seconds an install may take), `tmpdir`, and
+    /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
+    #[serde(default)]
+    pub settings: Parameters,
 }
 
 /// Push an existing target image to a provider.
@@ -166,6 +178,10 @@ pub struct PushRequest {
     pub template: String,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Host settings for plugins: `timeout` (seconds an install may take), `tmpdir`, and
+    /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
+    #[serde(default)]
+    pub settings: Parameters,
 }
 
 /// Build an image directly on the provider from the template (a snapshot build).
@@ -179,6 +195,10 @@ pub struct SnapshotRequest {
     pub template: String,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Host settings for plugins: `timeout` (seconds an install may take), `tmpdir`, and
+    /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
+    #[serde(default)]
+    pub settings: Parameters,
 }
 
 /// What a push or snapshot reports back.
@@ -209,6 +229,10 @@ pub struct DeleteRequest {
     pub target: String,
     #[serde(default)]
     pub parameters: Parameters,
+    /// Host settings for plugins: `timeout` (seconds an install may take), `tmpdir`, and
+    /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
+    #[serde(default)]
+    pub settings: Parameters,
 }
 
 /// Whether the target stage should run (`builder_should_create_target_image`).

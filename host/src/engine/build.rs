@@ -274,6 +274,7 @@ impl Build<'_> {
             image_id: self.id.to_string(),
             template: rec.template.clone().unwrap_or_default(),
             parameters: rec_parameters(&rec),
+            settings: self.inner.config.settings.clone(),
         };
         let out = self.call(plugin, Operation::CreateBaseImage(req), Path::new(&rec.data), 0, 99)?;
         let out: BaseImageOutcome = decode(out)?;
@@ -298,6 +299,7 @@ impl Build<'_> {
             target: target.clone(),
             template: rec.template.clone().unwrap_or_default(),
             parameters: rec_parameters(&rec),
+            settings: self.inner.config.settings.clone(),
         };
         let body = Path::new(&rec.data);
         let should: ShouldCreate =
@@ -313,6 +315,7 @@ impl Build<'_> {
                 target,
                 template: hook.template.clone(),
                 parameters: hook.parameters.clone(),
+                settings: self.inner.config.settings.clone(),
                 content,
             };
             let out: TargetImageOutcome = decode(self.call(os, Operation::CreateTargetImage(req), body, 10, 60)?)?;
@@ -356,6 +359,7 @@ impl Build<'_> {
             target: rec.target.clone().unwrap_or_default(),
             template: rec.template.clone().unwrap_or_default(),
             parameters: rec_parameters(&rec),
+            settings: self.inner.config.settings.clone(),
         };
         let out: ProviderOutcome =
             decode(self.call(cloud, Operation::PushImageToProvider(req), Path::new(&rec.data), 0, 99)?)?;
@@ -374,6 +378,7 @@ impl Build<'_> {
             target: rec.target.clone().unwrap_or_default(),
             template: rec.template.clone().unwrap_or_default(),
             parameters: rec_parameters(&rec),
+            settings: self.inner.config.settings.clone(),
         };
         let out: ProviderOutcome =
             decode(self.call(cloud, Operation::SnapshotImageOnProvider(req), Path::new(&rec.data), 0, 99)?)?;
@@ -427,6 +432,7 @@ impl Build<'_> {
                 credentials,
                 target,
                 parameters,
+                settings: self.inner.config.settings.clone(),
             };
             // Delete runs even if the image's own build was cancelled: use a fresh flag.
             self.job.cancel.store(false, Ordering::SeqCst);

@@ -55,6 +55,8 @@ pub struct EngineConfig {
     /// Where per-operation working directories are made.
     pub tmpdir: PathBuf,
     pub require_root_pw: bool,
+    /// Settings passed to every plugin operation (see `ops::BaseImageRequest::settings`).
+    pub settings: Map<String, Value>,
     /// Packages added per target (conf/target_content.xml), when configured.
     pub target_content: Option<imagefactory_plugin_api::tdl::TargetContentIncludes>,
 }
