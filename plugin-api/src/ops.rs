@@ -161,6 +161,12 @@ pub struct TargetHookRequest {
     /// every plugin-specific key of the host's config (`accelerator`, `libvirt_uri`, ...).
     #[serde(default)]
     pub settings: Parameters,
+    /// Content the host will have the OS plugin apply for this target (from its
+    /// target_content.xml). A cloud plugin with nothing of its own to add can answer
+    /// `builder_should_create_target_image` with false when this is empty, and convert
+    /// straight from `base_body_path` to the target body: the base is then never copied.
+    #[serde(default)]
+    pub content: TargetContent,
 }
 
 /// Push an existing target image to a provider.

@@ -292,21 +292,28 @@ impl Build<'_> {
         let target = rec.target.clone().unwrap_or_default();
         self.set_status(Status::Building, &format!("Building {target} target image with {}", cloud.name));
         self.update(|r| r.icicle = base.icicle.clone());
+        let template = rec.template.clone().unwrap_or_default();
+        let host_content = self.target_content(&target, &template);
         let hook = TargetHookRequest {
             image_id: self.id.to_string(),
             base_image_id: base_id.to_string(),
             base_body_path: base.data.clone(),
             target: target.clone(),
-            template: rec.template.clone().unwrap_or_default(),
+            template,
             parameters: rec_parameters(&rec),
             settings: self.inner.config.settings.clone(),
+            content: host_content.clone(),
         };
         let body = Path::new(&rec.data);
         let should: ShouldCreate =
             decode(self.call(cloud, Operation::BuilderShouldCreateTargetImage(hook.clone()), body, 0, 2)?)?;
         let mut content: TargetContent =
             decode(self.call(cloud, Operation::BuilderWillCreateTargetImage(hook.clone()), body, 2, 10)?)?;
-        self.add_target_content(&mut content, &target, &hook.template);
+        for p in host_content.packages {
+            if !content.packages.contains(&p) {
+                content.packages.push(p);
+            }
+        }
         if should.create {
             let req = TargetImageRequest {
                 image_id: self.id.to_string(),
@@ -330,18 +337,16 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Adds the packages conf/target_content.xml names for this target and OS.
-    fn add_target_content(&self, content: &mut TargetContent, target: &str, template: &str) {
-        let Some(includes) = &self.inner.config.target_content else { return };
-        let Ok(info) = crate::template::check(template, false) else { return };
+    /// The content conf/target_content.xml names for this target and the template's OS.
+    fn target_content(&self, target: &str, template: &str) -> TargetContent {
+        let mut content = TargetContent::default();
+        let Some(includes) = &self.inner.config.target_content else { return content };
+        let Ok(info) = crate::template::check(template, false) else { return content };
         if let Some(fragment) = includes.select(target, &info.os_name, &info.os_version, &info.os_arch) {
-            for p in &fragment.packages {
-                if !content.packages.contains(&p.name) {
-                    content.packages.push(p.name.clone());
-                }
-            }
+            content.packages = fragment.packages.iter().map(|p| p.name.clone()).collect();
             self.log("INFO", &format!("target content for {target}: packages {}", content.packages.join(" ")));
         }
+        content
     }
 
     fn push(&self, target_id: &str, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
