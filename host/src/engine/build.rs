@@ -111,6 +111,11 @@ impl Build<'_> {
         self.inner.store.get(self.id)
     }
 
+    /// The record, which a running build expects to exist.
+    fn current(&self) -> Step<ImageRecord> {
+        self.record().ok_or_else(|| Failure::msg("the image record disappeared"))
+    }
+
     fn update(&self, f: impl FnOnce(&mut ImageRecord)) {
         if let Err(e) = self.inner.update(self.id, f) {
             tracing::error!(error = %e, "cannot persist the image's state");
@@ -269,11 +274,11 @@ impl Build<'_> {
     fn base(&self, plugin: &ResolvedPlugin) -> Step<()> {
         let _slot = self.acquire_slot()?;
         self.set_status(Status::Building, &format!("Building base image with {}", plugin.name));
-        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let rec = self.current()?;
         let req = BaseImageRequest {
             image_id: self.id.to_string(),
             template: rec.template.clone().unwrap_or_default(),
-            parameters: rec_parameters(&rec),
+            parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
         let out = self.call(plugin, Operation::CreateBaseImage(req), Path::new(&rec.data), 0, 99)?;
@@ -288,7 +293,7 @@ impl Build<'_> {
     fn target(&self, base_id: &str, os: &ResolvedPlugin, cloud: &ResolvedPlugin) -> Step<()> {
         let base = self.wait_for_parent(base_id, "BaseImage", "TargetImage")?;
         let _slot = self.acquire_slot()?;
-        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let rec = self.current()?;
         let target = rec.target.clone().unwrap_or_default();
         self.set_status(Status::Building, &format!("Building {target} target image with {}", cloud.name));
         self.update(|r| r.icicle = base.icicle.clone());
@@ -300,7 +305,7 @@ impl Build<'_> {
             base_body_path: base.data.clone(),
             target: target.clone(),
             template,
-            parameters: rec_parameters(&rec),
+            parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
             content: host_content.clone(),
         };
@@ -352,7 +357,7 @@ impl Build<'_> {
     fn push(&self, target_id: &str, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
         let target = self.wait_for_parent(target_id, "TargetImage", "ProviderImage")?;
         let _slot = self.acquire_slot()?;
-        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let rec = self.current()?;
         self.set_status(Status::Building, &format!("Pushing target image {target_id} to the provider"));
         self.update(|r| r.icicle = target.icicle.clone());
         let req = PushRequest {
@@ -363,7 +368,7 @@ impl Build<'_> {
             credentials,
             target: rec.target.clone().unwrap_or_default(),
             template: rec.template.clone().unwrap_or_default(),
-            parameters: rec_parameters(&rec),
+            parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
         let out: ProviderOutcome =
@@ -374,7 +379,7 @@ impl Build<'_> {
 
     fn snapshot(&self, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
         let _slot = self.acquire_slot()?;
-        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let rec = self.current()?;
         self.set_status(Status::Building, "Building a snapshot image on the provider");
         let req = SnapshotRequest {
             image_id: self.id.to_string(),
@@ -382,7 +387,7 @@ impl Build<'_> {
             credentials,
             target: rec.target.clone().unwrap_or_default(),
             template: rec.template.clone().unwrap_or_default(),
-            parameters: rec_parameters(&rec),
+            parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
         let out: ProviderOutcome =
@@ -401,7 +406,7 @@ impl Build<'_> {
 
     fn import(&self, file: &Path) -> Step<()> {
         let _slot = self.acquire_slot()?;
-        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let rec = self.current()?;
         self.set_status(Status::Building, &format!("Importing {} with qemu-img", file.display()));
         let out = std::process::Command::new("qemu-img")
             .args(["convert", "-O", "raw"])
@@ -424,7 +429,7 @@ impl Build<'_> {
         provider: Option<(ResolvedPlugin, String, String, String)>,
         parameters: Map<String, Value>,
     ) -> Step<()> {
-        let rec = self.record().ok_or_else(|| Failure::msg("the image record disappeared"))?;
+        let rec = self.current()?;
         if let Some((cloud, provider, credentials, target)) = provider {
             self.activity(&format!(
                 "Deleting {} from the provider",
@@ -475,11 +480,6 @@ impl Build<'_> {
             }
         }
     }
-}
-
-/// The parameters a plugin sees: the stored ones (callback passwords already redacted).
-fn rec_parameters(rec: &ImageRecord) -> Parameters {
-    rec.parameters.clone()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Step<T> {
