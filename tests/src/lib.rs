@@ -1,1 +1,730 @@
+//! The black-box test harness: starts the real `imagefactoryd` (and runs the real
+//! `imagefactory` command) built by `cargo build --workspace`, each in a temporary
+//! directory of its own, and talks to them over loopback HTTP and the command line.
+//!
+//! Rules the helpers keep: every wait is bounded (poll with a deadline), a missing
+//! binary or tool fails loudly, and no process outlives its test (daemons are killed
+//! and reaped on drop).
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// How long a daemon may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a mock build (no sleeping) may take to end.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The OAuth consumer the test config knows.
+pub const OAUTH_KEY: &str = "mock-key";
+pub const OAUTH_SECRET: &str = "mock-secret";
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The cargo target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_dir().join(d)
+            }
+        }
+        _ => {
+            // The test executable lives in <target>/debug/deps: trust it over the default.
+            if let Some(t) = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().filter(|p| p.ends_with("deps")).map(Path::to_path_buf))
+                .and_then(|deps| deps.parent().and_then(Path::parent).map(Path::to_path_buf))
+            {
+                return t;
+            }
+            workspace_dir().join("target")
+        }
+    }
+}
+
+/// `<target>/debug`: where the binaries and the plugin `.so` files are.
+pub fn profile_dir() -> PathBuf {
+    target_dir().join("debug")
+}
+
+fn built_file(name: &str) -> PathBuf {
+    let p = profile_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` first (the black-box tests use the built binaries and plugins)",
+        p.display()
+    );
+    p
+}
+
+/// The daemon binary.
+pub fn imagefactoryd_bin() -> PathBuf {
+    built_file("imagefactoryd")
+}
+
+/// The command-line binary.
+pub fn imagefactory_bin() -> PathBuf {
+    built_file("imagefactory")
+}
+
+/// A built test plugin, e.g. `libmock_os.so`.
+pub fn plugin_so(file: &str) -> PathBuf {
+    built_file(file)
+}
+
+/// A template for the MockOS plugin.
+pub fn tdl(os: &str, version: &str, arch: &str) -> String {
+    format!(
+        "<template>\n  <name>bb-{os}</name>\n  <os>\n    <name>{os}</name>\n    <version>{version}</version>\n    \
+         <arch>{arch}</arch>\n    <install type='url'>\n      <url>http://mirror.invalid/mock/</url>\n    </install>\n    \
+         <rootpw>changeme</rootpw>\n  </os>\n  <description>black-box test</description>\n</template>\n"
+    )
+}
+
+/// The usual MockOS template.
+pub fn mock_tdl() -> String {
+    tdl("MockOS_A", "1", "x86_64")
+}
+
+/// A `provider_credentials` document holding `secret`.
+pub fn credentials(secret: &str) -> String {
+    format!(
+        "<provider_credentials><mock_credentials><username>bb-user</username><password>{secret}</password>\
+         </mock_credentials></provider_credentials>"
+    )
+}
+
+/// A string no other test uses, for secrets and names.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{t}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails loudly when a tool the test needs is not installed.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("this test needs `{name}` on PATH and it is not installed")
+}
+
+// ------------------------------------------------------------------------------------
+// HTTP answers
+
+/// One HTTP answer: status, headers (names lowercased) and body.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("expected a JSON body (status {}): {e}: {}", self.status, self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Resp {
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.text());
+        self
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The daemon
+
+/// Where an extra plugin file's content comes from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Require OAuth (no `--no_oauth`).
+    pub oauth: bool,
+    /// Serve HTTPS with the default self-signed certificate (no `--no_ssl`).
+    pub tls: bool,
+    /// `max_concurrent_local_sessions`.
+    pub max_concurrent: usize,
+    /// Copy libmock_os.so and libmock_cloud.so into the plugin directory.
+    pub mock_plugins: bool,
+    /// More files for the plugin directory: (file name, content).
+    pub extra_plugin_files: Vec<(String, PluginSource)>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> DaemonOptions {
+        DaemonOptions {
+            oauth: false,
+            tls: false,
+            max_concurrent: 2,
+            mock_plugins: true,
+            extra_plugin_files: Vec::new(),
+        }
+    }
+}
+
+/// A running `imagefactoryd` over a temporary directory (`storage/`, `plugins/`, `tmp/`,
+/// `imagefactory.conf`, and `daemon.log` with its stderr). Killed and reaped on drop.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    opts: DaemonOptions,
+    child: Option<Child>,
+    pub port: u16,
+    agent: ureq::Agent,
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh directory.
+    pub fn start(opts: DaemonOptions) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("imagefactory-bb-").tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        for sub in ["storage", "plugins", "tmp"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("create dirs");
+        }
+        if opts.mock_plugins {
+            for so in ["libmock_os.so", "libmock_cloud.so"] {
+                std::fs::copy(plugin_so(so), plugins.join(so)).expect("copy a mock plugin");
+            }
+        }
+        for (name, src) in &opts.extra_plugin_files {
+            match src {
+                PluginSource::Bytes(b) => std::fs::write(plugins.join(name), b).expect("write a plugin file"),
+                PluginSource::File(p) => {
+                    std::fs::copy(p, plugins.join(name))
+                        .unwrap_or_else(|e| panic!("copy {} into the plugin dir: {e}", p.display()));
+                }
+            }
+        }
+        let config = serde_json::json!({
+            "plugins": plugins,
+            "image_manager_args": {"storage_path": dir.path().join("storage")},
+            "max_concurrent_local_sessions": opts.max_concurrent,
+            "clients": {OAUTH_KEY: OAUTH_SECRET},
+            "tmpdir": dir.path().join("tmp"),
+        });
+        std::fs::write(dir.path().join("imagefactory.conf"), serde_json::to_vec_pretty(&config).unwrap())
+            .expect("write the config");
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+        let mut d = Daemon { dir, opts, child: None, port: 0, agent };
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon with the default options (no OAuth, no TLS, 2 slots, mock plugins).
+    pub fn start_default() -> Daemon {
+        Daemon::start(DaemonOptions::default())
+    }
+
+    fn spawn(&mut self) {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("open the daemon log");
+        let mut cmd = Command::new(imagefactoryd_bin());
+        cmd.args(["--foreground", "--port", "0", "--address", "127.0.0.1", "--config"])
+            .arg(self.dir.path().join("imagefactory.conf"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if !self.opts.tls {
+            cmd.arg("--no_ssl");
+        }
+        if !self.opts.oauth {
+            cmd.arg("--no_oauth");
+        }
+        let mut child = cmd.spawn().expect("start imagefactoryd");
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            // Keep draining stdout for the daemon's whole life.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let scheme = if self.opts.tls { "https" } else { "http" };
+        let prefix = format!("imagefactoryd listening on {scheme}://127.0.0.1:");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(&prefix) {
+                        let port = rest.strip_suffix("/imagefactory").and_then(|p| p.parse::<u16>().ok());
+                        break port.unwrap_or_else(|| panic!("unexpected listening line: {line}"));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait();
+                    panic!("imagefactoryd exited before listening ({status:?}); its log:\n{}", self.log());
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("imagefactoryd did not print its listening line within {START_TIMEOUT:?}; log:\n{}", self.log());
+            }
+        };
+        self.port = port;
+        self.child = Some(child);
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `http(s)://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("{}://127.0.0.1:{}", if self.opts.tls { "https" } else { "http" }, self.port)
+    }
+
+    /// Kills the daemon with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again over the same directory (after `kill9`, or kills it first).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// The OAuth `Authorization` header for a request.
+    pub fn oauth_header(&self, method: &str, path: &str, secret: &str) -> String {
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let url = format!("{}{path}", self.origin());
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        imagefactory::api::oauth::sign(method, &url, query, OAUTH_KEY, secret, &unique("nonce"), ts)
+    }
+
+    /// One request as given (no automatic signing). `path` starts with `/imagefactory`.
+    pub fn request_raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        assert!(!self.opts.tls, "use curl for a TLS daemon");
+        let url = format!("{}{path}", self.origin());
+        let mut req = self.agent.request(method, &url);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {url} failed: {e}\ndaemon log:\n{}", self.log()),
+        };
+        let status = resp.status();
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| resp.header(&n).map(|v| (n.to_ascii_lowercase(), v.to_string())))
+            .collect();
+        let mut body = Vec::new();
+        resp.into_reader().read_to_end(&mut body).expect("read the answer body");
+        Resp { status, headers, body }
+    }
+
+    /// One request, OAuth-signed when the daemon requires OAuth.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        if self.opts.oauth {
+            let auth = self.oauth_header(method, path, OAUTH_SECRET);
+            let mut all: Vec<(&str, &str)> = headers.to_vec();
+            all.push(("Authorization", &auth));
+            self.request_raw(method, path, &all, body)
+        } else {
+            self.request_raw(method, path, headers, body)
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Resp {
+        self.request("POST", path, &[("Content-Type", "application/json")], Some(body.to_string().as_bytes()))
+    }
+
+    pub fn delete(&self, path: &str) -> Resp {
+        self.request("DELETE", path, &[], None)
+    }
+
+    pub fn delete_json(&self, path: &str, body: &Value) -> Resp {
+        self.request("DELETE", path, &[("Content-Type", "application/json")], Some(body.to_string().as_bytes()))
+    }
+
+    /// GET of one image: the object under its singular key.
+    pub fn image(&self, collection: &str, id: &str) -> Value {
+        let r = self.get(&format!("/imagefactory/{collection}/{id}"));
+        r.expect(200);
+        let v = r.json();
+        v[singular(collection)].clone()
+    }
+
+    /// POSTs a base image build of `template` with `parameters`; returns its id.
+    pub fn create_base(&self, template: &str, parameters: Value) -> String {
+        let r = self.post_json(
+            "/imagefactory/base_images",
+            &serde_json::json!({"base_image": {"template": template, "parameters": parameters}}),
+        );
+        r.expect(202);
+        r.json()["base_image"]["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Polls an image until its status is one of `statuses`; returns the image object.
+    pub fn wait_status(&self, id: &str, collection: &str, statuses: &[&str], timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get(&format!("/imagefactory/{collection}/{id}"));
+            if r.status == 200 {
+                let img = r.json()[singular(collection)].clone();
+                if let Some(s) = img["status"].as_str() {
+                    if statuses.contains(&s) {
+                        return img;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "image {id} did not reach {statuses:?} within {timeout:?}; last: {img}\ndaemon log:\n{}",
+                    self.log()
+                );
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "image {id} did not reach {statuses:?} within {timeout:?}; last answer {} {}",
+                    r.status,
+                    r.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for COMPLETE or FAILED and asserts COMPLETE.
+    #[track_caller]
+    pub fn wait_complete(&self, id: &str, collection: &str) -> Value {
+        let img = self.wait_status(id, collection, &["COMPLETE", "FAILED"], BUILD_TIMEOUT);
+        assert_eq!(
+            img["status"],
+            "COMPLETE",
+            "build {id} failed: {img}\nbuild log:\n{}",
+            self.build_log(collection, id)
+        );
+        img
+    }
+
+    /// The image's build log text.
+    pub fn build_log(&self, collection: &str, id: &str) -> String {
+        self.get(&format!("/imagefactory/{collection}/{id}/build_log")).text()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `base_images` -> `base_image`.
+pub fn singular(collection: &str) -> &str {
+    collection.strip_suffix('s').unwrap_or(collection)
+}
+
+// ------------------------------------------------------------------------------------
+// Processes
+
+/// The processes whose parent is `pid`: (pid, command line with spaces).
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { panic!("/proc is not readable") };
+    for e in rd.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces and parens; split after the last ')'.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            out.push((child, cmdline.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string));
+            !matches!(state.as_deref(), Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// The `imagefactoryd __worker` children of `pid`.
+pub fn workers_of(pid: u32) -> Vec<(u32, String)> {
+    children_of(pid).into_iter().filter(|(_, c)| c.contains("__worker")).collect()
+}
+
+// ------------------------------------------------------------------------------------
+// Status callbacks
+
+/// One request received by a [`CallbackServer`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// A tiny HTTP server on loopback that records every request and answers 200.
+pub struct CallbackServer {
+    pub port: u16,
+    rx: mpsc::Receiver<Received>,
+}
+
+impl CallbackServer {
+    pub fn start() -> CallbackServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a callback listener");
+        let port = listener.local_addr().expect("local addr").port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    if let Some(r) = serve_one(stream) {
+                        let _ = tx.send(r);
+                    }
+                });
+            }
+        });
+        CallbackServer { port, rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Collects requests until `done` says the list is complete, or panics after `timeout`.
+    pub fn collect_until(&self, timeout: Duration, mut done: impl FnMut(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while !done(&got) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for callbacks; received so far: {got:#?}");
+            if let Ok(r) = self.rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                got.push(r);
+            }
+        }
+        got
+    }
+}
+
+fn serve_one(stream: TcpStream) -> Option<Received> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    let mut stream = stream;
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = stream.flush();
+    Some(Received { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+// ------------------------------------------------------------------------------------
+// The command line
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct CmdOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `program args` with a deadline; stdout and stderr go through files (no pipe
+/// can fill up). The process is killed if it overruns, and the test fails.
+pub fn run_cmd(mut cmd: Command, timeout: Duration) -> CmdOutput {
+    let out_file = tempfile::NamedTempFile::new().expect("temp file");
+    let err_file = tempfile::NamedTempFile::new().expect("temp file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out_file.reopen().expect("reopen")))
+        .stderr(Stdio::from(err_file.reopen().expect("reopen")));
+    let shown = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{shown} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(out_file.path()).unwrap_or_default(),
+                std::fs::read_to_string(err_file.path()).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    CmdOutput {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(out_file.path()).unwrap_or_default(),
+        stderr: std::fs::read_to_string(err_file.path()).unwrap_or_default(),
+    }
+}
+
+/// A directory for the `imagefactory` command: config, storage, plugins, files.
+pub struct CliEnv {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for CliEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CliEnv {
+    pub fn new() -> CliEnv {
+        let dir = tempfile::Builder::new().prefix("imagefactory-cli-").tempdir().expect("temp dir");
+        for sub in ["storage", "plugins", "tmp"] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("create dirs");
+        }
+        for so in ["libmock_os.so", "libmock_cloud.so"] {
+            std::fs::copy(plugin_so(so), dir.path().join("plugins").join(so)).expect("copy a mock plugin");
+        }
+        let config = serde_json::json!({
+            "plugins": dir.path().join("plugins"),
+            "image_manager_args": {"storage_path": dir.path().join("storage")},
+            "max_concurrent_local_sessions": 2,
+            "tmpdir": dir.path().join("tmp"),
+        });
+        std::fs::write(dir.path().join("imagefactory.conf"), serde_json::to_vec_pretty(&config).unwrap())
+            .expect("write the config");
+        CliEnv { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("imagefactory.conf")
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Writes a file in the directory and returns its path.
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).expect("write a file");
+        p
+    }
+
+    /// Runs `imagefactory --config <conf> <args>` (60 s deadline).
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> CmdOutput {
+        let mut cmd = Command::new(imagefactory_bin());
+        cmd.arg("--config").arg(self.config()).args(args).env("RUST_LOG", "warn");
+        run_cmd(cmd, Duration::from_secs(60))
+    }
+}
+
+/// The value after `label` on the first line that starts with it (`UUID: x` -> `x`).
+pub fn field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(label)).map(str::trim)
+}
