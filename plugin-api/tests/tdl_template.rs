@@ -375,3 +375,34 @@ fn templates_round_trip_through_json() {
     assert_eq!(back, t);
     assert!(json.contains("\"type\":\"iso\""), "{json}");
 }
+
+#[test]
+fn a_document_with_many_errors_is_reported_quickly_and_capped() {
+    // 100,000 nameless packages on one line: each one breaks a rule, and every
+    // position is on the same very long line.
+    let xml = format!("<template><packages>{}</packages></template>", "<package/>".repeat(100_000));
+    let start = std::time::Instant::now();
+    let err = Template::parse(&xml, &ParseOptions::default()).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    let diagnostics = err.diagnostics();
+    assert_eq!(diagnostics.len(), MAX_DIAGNOSTICS + 1);
+    assert_eq!(diagnostics[2].to_string(), "line 1, column 21: <package>: Package without a name was given");
+    assert_eq!(diagnostics[MAX_DIAGNOSTICS].message, "Too many errors: 99002 more not shown (the limit is 1000)");
+}
+
+#[test]
+fn merging_repeated_package_names_keeps_the_last() {
+    let mut t = parse("valid-02-simple-url.tdl");
+    t.packages = vec![Package::named("a"), Package::named("keep")];
+    let fragment = Fragment {
+        packages: vec![
+            Package { arguments: Some("first".into()), ..Package::named("a") },
+            Package::named("b"),
+            Package { arguments: Some("second".into()), ..Package::named("a") },
+        ],
+        ..Fragment::default()
+    };
+    t.merge(&fragment);
+    let got: Vec<(&str, Option<&str>)> = t.packages.iter().map(|p| (p.name.as_str(), p.arguments.as_deref())).collect();
+    assert_eq!(got, [("keep", None), ("b", None), ("a", Some("second"))]);
+}

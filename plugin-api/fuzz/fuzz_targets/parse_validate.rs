@@ -2,9 +2,7 @@
 //! whatever the input; and what it accepts must be internally consistent.
 #![no_main]
 
-use imagefactory_plugin_api::tdl::{
-    Fragment, ParseOptions, TargetContentIncludes, Template, ARCHITECTURES,
-};
+use imagefactory_plugin_api::tdl::{Fragment, ParseOptions, TargetContentIncludes, Template, ARCHITECTURES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,8 +16,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(ARCHITECTURES.contains(&template.os.arch.as_str()));
                 assert!(!require_root_pw || template.os.rootpw.is_some());
                 assert!(template.commands.iter().all(|c| !c.content.is_empty()));
-                assert!(template.files.iter().all(|f| f.data().is_some()
-                    || f.content_type == imagefactory_plugin_api::tdl::ContentType::Url));
+                assert!(template
+                    .files
+                    .iter()
+                    .all(|f| f.data().is_some() || f.content_type == imagefactory_plugin_api::tdl::ContentType::Url));
             }
             Err(error) => {
                 // Never an empty error, and every diagnostic fits on one line.

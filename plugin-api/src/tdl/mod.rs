@@ -49,7 +49,7 @@ pub use model::{
     Checksum, ChecksumKind, Command, ContentType, Extra, ExtraKind, File, Fragment, Install, Os, Package, ParseOptions,
     Repository, Template, ARCHITECTURES, KNOWN_TDL_VERSION,
 };
-pub use parse::{MAX_DEPTH, MAX_DOCUMENT_BYTES, MAX_NODES};
+pub use parse::{MAX_DEPTH, MAX_DIAGNOSTICS, MAX_DOCUMENT_BYTES, MAX_NODES};
 pub use size::{parse_disk_size, DiskSizeError, INVALID_DISK_SIZE};
 pub use target_content::{Include, TargetContentIncludes};
 

@@ -6,6 +6,8 @@
 //! plugins can read them directly; if you build or edit values by hand, you are
 //! responsible for keeping them sensible.
 
+use std::collections::{HashMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 
 /// The architectures Oz knows how to install, in the order of its error message.
@@ -237,26 +239,41 @@ impl Template {
     /// file with the same name as an existing one replaces it (the fragment is the
     /// more specific source); commands and precommands run after the template's own.
     pub fn merge(&mut self, content: &Fragment) {
-        for package in &content.packages {
-            self.packages.retain(|p| p.name != package.name);
-            self.packages.push(package.clone());
-        }
-        for repository in &content.repositories {
-            upsert(&mut self.repositories, repository.clone(), |r| &r.name);
-        }
-        for file in &content.files {
-            upsert(&mut self.files, file.clone(), |f| &f.name);
-        }
+        // Oz removes same-named packages one fragment package at a time; the
+        // result is the template's other packages, then the fragment's packages
+        // keeping the last of any repeated name. Computed with sets so a large
+        // fragment cannot make this quadratic.
+        let incoming: HashSet<&str> = content.packages.iter().map(|p| p.name.as_str()).collect();
+        self.packages.retain(|p| !incoming.contains(p.name.as_str()));
+        let last_index: HashMap<&str, usize> =
+            content.packages.iter().enumerate().map(|(i, p)| (p.name.as_str(), i)).collect();
+        self.packages.extend(
+            content
+                .packages
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| last_index.get(p.name.as_str()) == Some(i))
+                .map(|(_, p)| p.clone()),
+        );
+        upsert_all(&mut self.repositories, content.repositories.iter().cloned(), |r| &r.name);
+        upsert_all(&mut self.files, content.files.iter().cloned(), |f| &f.name);
         self.commands.extend(content.commands.iter().cloned());
         self.precommands.extend(content.precommands.iter().cloned());
     }
 }
 
-/// Replaces the item with the same key in place, or appends it. Keeping the
-/// original slot mirrors a Python dict, which is what Oz stores these in.
-pub(crate) fn upsert<T>(items: &mut Vec<T>, item: T, key: impl Fn(&T) -> &String) {
-    match items.iter().position(|existing| key(existing) == key(&item)) {
-        Some(index) => items[index] = item,
-        None => items.push(item),
+/// Adds items, replacing in place any existing item with the same key (and
+/// appending the rest). Keeping the original slot mirrors a Python dict, which
+/// is what Oz stores repositories and files in. A key index keeps this linear.
+pub(crate) fn upsert_all<T>(items: &mut Vec<T>, new_items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> &String) {
+    let mut index: HashMap<String, usize> = items.iter().enumerate().map(|(i, item)| (key(item).clone(), i)).collect();
+    for item in new_items {
+        match index.get(key(&item)) {
+            Some(&slot) => items[slot] = item,
+            None => {
+                index.insert(key(&item).clone(), items.len());
+                items.push(item);
+            }
+        }
     }
 }

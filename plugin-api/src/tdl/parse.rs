@@ -127,10 +127,27 @@ fn one_line(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
+/// Most diagnostics kept for one document. A hostile document can break a rule
+/// a hundred thousand times; nobody reads past the first screens, and the cap
+/// bounds memory.
+pub const MAX_DIAGNOSTICS: usize = 1000;
+
 /// Collects diagnostics while the rule code walks the tree.
+///
+/// Problems are recorded by byte offset and turned into line and column once, in
+/// a single pass over the text, when the walk ends: roxmltree's own position
+/// lookup rescans the text from the start each time, which would make a
+/// document with many errors quadratic.
 pub(crate) struct Checker<'a, 'input> {
     doc: &'a Document<'input>,
-    diagnostics: Vec<Diagnostic>,
+    pending: Vec<Pending>,
+    dropped: usize,
+}
+
+struct Pending {
+    offset: usize,
+    element: String,
+    message: String,
 }
 
 /// The element children of one element, grouped by name, with unknown elements
@@ -149,12 +166,13 @@ impl<'a, 'input> Children<'a, 'input> {
 
 impl<'a, 'input> Checker<'a, 'input> {
     pub(crate) fn new(doc: &'a Document<'input>) -> Self {
-        Checker { doc, diagnostics: Vec::new() }
+        Checker { doc, pending: Vec::new(), dropped: 0 }
     }
 
     /// Ends the walk: `Ok` with the value when nothing was reported.
     pub(crate) fn finish<T>(self, value: Option<T>) -> Result<T, TdlError> {
-        match (TdlError::new(self.diagnostics), value) {
+        let diagnostics = self.into_diagnostics();
+        match (TdlError::new(diagnostics), value) {
             (Some(error), _) => Err(error),
             (None, Some(value)) => Ok(value),
             // A rule returned nothing without saying why: a bug here, but the
@@ -168,8 +186,38 @@ impl<'a, 'input> Checker<'a, 'input> {
         }
     }
 
+    /// Resolves every recorded offset to a line and column in one sweep.
+    fn into_diagnostics(mut self) -> Vec<Diagnostic> {
+        self.pending.sort_by_key(|p| p.offset);
+        let text = self.doc.input_text();
+        let mut diagnostics = Vec::with_capacity(self.pending.len() + 1);
+        let (mut line, mut column, mut at) = (1u32, 1u32, 0usize);
+        for pending in self.pending {
+            let target = pending.offset.min(text.len());
+            for c in text.get(at..target).unwrap_or_default().chars() {
+                if c == '\n' {
+                    line = line.saturating_add(1);
+                    column = 1;
+                } else {
+                    column = column.saturating_add(1);
+                }
+            }
+            at = at.max(target);
+            diagnostics.push(Diagnostic { line, column, element: pending.element, message: pending.message });
+        }
+        if self.dropped > 0 {
+            diagnostics.push(Diagnostic {
+                line,
+                column,
+                element: String::new(),
+                message: format!("Too many errors: {} more not shown (the limit is {MAX_DIAGNOSTICS})", self.dropped),
+            });
+        }
+        diagnostics
+    }
+
     pub(crate) fn error_count(&self) -> usize {
-        self.diagnostics.len()
+        self.pending.len() + self.dropped
     }
 
     /// Reports a problem with an element, at the element's start tag.
@@ -187,10 +235,12 @@ impl<'a, 'input> Checker<'a, 'input> {
     }
 
     fn report_at(&mut self, offset: usize, node: Node<'_, '_>, message: impl Into<String>) {
-        let pos = self.doc.text_pos_at(offset);
-        self.diagnostics.push(Diagnostic {
-            line: pos.row,
-            column: pos.col,
+        if self.pending.len() >= MAX_DIAGNOSTICS {
+            self.dropped += 1;
+            return;
+        }
+        self.pending.push(Pending {
+            offset,
             element: node.tag_name().name().to_string(),
             message: one_line(&message.into()),
         });

@@ -8,7 +8,7 @@
 use roxmltree::Node;
 
 use super::base64;
-use super::model::*;
+use super::model::{upsert_all, *};
 use super::parse::{shown, Checker, Children};
 use super::size::parse_disk_size;
 
@@ -105,9 +105,8 @@ fn read_template<'a, 'i>(ck: &mut Checker<'a, 'i>, node: Node<'a, 'i>, mode: Mod
 fn read_version(ck: &mut Checker<'_, '_>, node: Node<'_, '_>) -> Option<String> {
     let raw = node.attribute("version")?;
     let version = raw.trim();
-    let mut parts = version.split('.');
-    let well_formed =
-        version.split('.').count() <= 2 && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let parts: Vec<&str> = version.split('.').collect();
+    let well_formed = parts.len() <= 2 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     let known: f64 = KNOWN_TDL_VERSION.parse().unwrap_or(1.0);
     match version.parse::<f64>() {
         Ok(number) if well_formed => {
@@ -309,19 +308,14 @@ pub(crate) fn read_content<'a, 'i>(ck: &mut Checker<'a, 'i>, children: &Children
     }
     for section in sections(ck, children, "repositories", "repositories section") {
         let repositories = ck.children(section, &["repository"], &[]);
-        for node in repositories.all("repository") {
-            if let Some(repository) = read_repository(ck, *node) {
-                upsert(&mut content.repositories, repository, |r| &r.name);
-            }
-        }
+        let read: Vec<Repository> =
+            repositories.all("repository").iter().filter_map(|node| read_repository(ck, *node)).collect();
+        upsert_all(&mut content.repositories, read, |r| &r.name);
     }
     for section in sections(ck, children, "files", "files section") {
         let files = ck.children(section, &["file"], &[]);
-        for node in files.all("file") {
-            if let Some(file) = read_file(ck, *node) {
-                upsert(&mut content.files, file, |f| &f.name);
-            }
-        }
+        let read: Vec<File> = files.all("file").iter().filter_map(|node| read_file(ck, *node)).collect();
+        upsert_all(&mut content.files, read, |f| &f.name);
     }
     for section in sections(ck, children, "commands", "commands section") {
         content.commands.extend(read_commands(ck, section));
