@@ -9,12 +9,12 @@
 //! a lock file (`.<uuid>.lock`) held with `flock` by the building process, so recovery at
 //! start can tell an interrupted build from one another process is still running.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use crate::image::{ImageKind, ImageRecord, Status};
@@ -61,7 +61,10 @@ impl Query {
 }
 
 struct Index {
-    records: HashMap<String, (ImageRecord, SystemTime)>,
+    /// Records are shared, so a query hands out pointers instead of copying templates.
+    records: HashMap<String, (Arc<ImageRecord>, SystemTime)>,
+    /// Parent id (base or target image) -> ids of its children, for nested queries.
+    children: HashMap<String, BTreeSet<String>>,
     /// The directory's mtime after our last scan or write; a different value means
     /// another process changed the store.
     dir_mtime: Option<SystemTime>,
@@ -88,6 +91,33 @@ impl Drop for BuildLock {
     }
 }
 
+fn parent_of(rec: &ImageRecord) -> Option<&String> {
+    rec.base_image_id.as_ref().or(rec.target_image_id.as_ref())
+}
+
+impl Index {
+    fn insert(&mut self, rec: ImageRecord, modified: SystemTime) {
+        self.remove(&rec.identifier);
+        if let Some(parent) = parent_of(&rec) {
+            self.children.entry(parent.clone()).or_default().insert(rec.identifier.clone());
+        }
+        self.records.insert(rec.identifier.clone(), (Arc::new(rec), modified));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some((old, _)) = self.records.remove(id) {
+            if let Some(parent) = parent_of(&old) {
+                if let Some(set) = self.children.get_mut(parent) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.children.remove(parent);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn mtime(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -100,7 +130,10 @@ impl Store {
             return Err(StoreError::NotADirectory { path: dir });
         }
         fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir { path: dir.clone(), source })?;
-        let store = Store { dir, index: RwLock::new(Index { records: HashMap::new(), dir_mtime: None }) };
+        let store = Store {
+            dir,
+            index: RwLock::new(Index { records: HashMap::new(), children: HashMap::new(), dir_mtime: None }),
+        };
         store.refresh();
         Ok(store)
     }
@@ -158,14 +191,17 @@ impl Store {
             }
             match read_meta(&entry.path()) {
                 Ok(rec) => {
-                    index.records.insert(id.to_string(), (rec, modified.unwrap_or(SystemTime::UNIX_EPOCH)));
+                    index.insert(rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
                 }
                 Err(e) => {
                     tracing::warn!(file = %entry.path().display(), error = %e, "skipping unreadable image metadata")
                 }
             }
         }
-        index.records.retain(|id, _| seen.contains(id));
+        let gone: Vec<String> = index.records.keys().filter(|id| !seen.contains(*id)).cloned().collect();
+        for id in gone {
+            index.remove(&id);
+        }
         index.dir_mtime = now_mtime;
     }
 
@@ -189,14 +225,16 @@ impl Store {
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()
         };
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        // The write and its fsyncs happen outside the index lock, so readers never wait
+        // on the disk. Writers of one image are serialized by the engine.
         write().map_err(|source| StoreError::Write { path: path.clone(), source })?;
         let modified = mtime(&path).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         // Our own rename changed the directory; remember its new mtime so the next query
         // does not rescan for nothing. (A change by another process in the same instant
         // is picked up by `get`, which falls back to disk.)
         let known_before = index.dir_mtime.is_some();
-        index.records.insert(record.identifier.clone(), (record.clone(), modified));
+        index.insert(record.clone(), modified);
         if known_before {
             index.dir_mtime = mtime(&self.dir);
         }
@@ -214,22 +252,35 @@ impl Store {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
             if let Some((rec, cached)) = index.records.get(id) {
                 if *cached == on_disk {
-                    return Some(rec.clone());
+                    return Some(ImageRecord::clone(rec));
                 }
             }
         }
         let rec = read_meta(&path).ok()?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        index.records.insert(id.to_string(), (rec.clone(), on_disk));
+        index.insert(rec.clone(), on_disk);
         Some(rec)
     }
 
-    /// Every record matching the query, oldest first.
-    pub fn query(&self, query: &Query) -> Vec<ImageRecord> {
+    /// Every record matching the query, oldest first. A query by parent id uses the
+    /// parent index instead of scanning every record.
+    pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
         self.refresh();
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<ImageRecord> =
-            index.records.values().map(|(r, _)| r).filter(|r| query.matches(r)).cloned().collect();
+        let by_parent = query.base_image_id.as_ref().or(query.target_image_id.as_ref());
+        let mut out: Vec<Arc<ImageRecord>> = match by_parent {
+            Some(parent) => index
+                .children
+                .get(parent)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| index.records.get(id))
+                .map(|(r, _)| r)
+                .filter(|r| query.matches(r))
+                .cloned()
+                .collect(),
+            None => index.records.values().map(|(r, _)| r).filter(|r| query.matches(r)).cloned().collect(),
+        };
         out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.identifier.cmp(&b.identifier)));
         out
     }
@@ -250,7 +301,7 @@ impl Store {
         for extra in ["console.log", "screenshot.png"] {
             let _ = fs::remove_file(self.dir.join(format!("{id}.{extra}")));
         }
-        index.records.remove(id);
+        index.remove(id);
         Ok(())
     }
 
@@ -312,6 +363,8 @@ mod tests {
         let q = Query { base_image_id: Some("b1".into()), ..Query::default() };
         assert_eq!(store.query(&q).iter().map(|r| r.identifier.as_str()).collect::<Vec<_>>(), vec!["t1"]);
         assert_eq!(store.query(&Query::kind(ImageKind::BaseImage)).len(), 1);
+        store.remove("t1").unwrap();
+        assert!(store.query(&q).is_empty(), "the parent index forgets removed children");
         store.remove("b1").unwrap();
         assert!(store.get("b1").is_none());
         assert!(!dir.path().join("b1.body").exists());
@@ -338,7 +391,7 @@ mod tests {
         store.add(&record(ImageKind::BaseImage, "ok1")).unwrap();
         fs::write(dir.path().join("torn.meta"), b"{\"type\": \"BaseIm").unwrap();
         let again = Store::open(dir.path()).unwrap();
-        let ids: Vec<_> = again.query(&Query::default()).into_iter().map(|r| r.identifier).collect();
+        let ids: Vec<_> = again.query(&Query::default()).into_iter().map(|r| r.identifier.clone()).collect();
         assert_eq!(ids, vec!["ok1"]);
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .unwrap()

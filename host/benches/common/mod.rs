@@ -230,11 +230,11 @@ pub fn fmt_duration(d: Duration) -> String {
 pub fn print_header(bench: &str, subject: &str, baseline: &str) {
     println!();
     println!("## {bench}");
-    println!("| {:<46} | {:>18} | {:>18} | {:>9} |", "measure", subject, baseline, "ratio");
+    println!("| {:<46} | {:>20} | {:>20} | {:>9} |", "measure", subject, baseline, "ratio");
 }
 
 pub fn print_row(measure: &str, subject: &str, baseline: &str, ratio: f64) {
-    println!("| {measure:<46} | {subject:>18} | {baseline:>18} | {ratio:>8.2}x |");
+    println!("| {measure:<46} | {subject:>20} | {baseline:>20} | {ratio:>8.2}x |");
 }
 
 /// Prints one [`Comparison`] as a table row.

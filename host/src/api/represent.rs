@@ -40,7 +40,7 @@ pub fn link_wrapped(rec: &ImageRecord, href: &str) -> Value {
 /// The related images shown with an image.
 pub struct Relations {
     pub parent: Option<(ImageKind, String)>,
-    pub children: Vec<ImageRecord>,
+    pub children: Vec<std::sync::Arc<ImageRecord>>,
 }
 
 pub fn relations(engine: &Engine, rec: &ImageRecord) -> Relations {

@@ -337,7 +337,7 @@ impl Engine {
         Ok(())
     }
 
-    fn children(&self, rec: &ImageRecord) -> Vec<ImageRecord> {
+    fn children(&self, rec: &ImageRecord) -> Vec<Arc<ImageRecord>> {
         let q = match rec.kind {
             ImageKind::BaseImage => {
                 Query { base_image_id: Some(rec.identifier.clone()), ..Query::kind(ImageKind::TargetImage) }
@@ -363,7 +363,7 @@ impl Engine {
         }
     }
 
-    pub fn query(&self, query: &Query) -> Vec<ImageRecord> {
+    pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
         self.inner.store.query(query)
     }
 
