@@ -12,7 +12,7 @@
 # The full output is kept in $CARGO_TARGET_DIR/bench-report.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/bench}
 
 benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(api_get store_list discovery)

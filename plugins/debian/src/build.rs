@@ -1,0 +1,206 @@
+//! `create_base_image`: the steps of a Debian build, in order, each announced to the
+//! host, with a cancel check between steps (and inside every tool run).
+
+use std::path::{Path, PathBuf};
+
+use diskimage::chroot::Chroot;
+use diskimage::ext4::{random_uuid, Ext4};
+use diskimage::grub::{self, BootEntry};
+use diskimage::layout::Layout;
+use diskimage::process::Watch;
+use diskimage::tools::{self, Tool};
+use diskimage::{size, DiskError};
+use imagefactory_plugin_api::prelude::*;
+use imagefactory_plugin_api::tdl::{ParseOptions, Template};
+
+use crate::error::DebianError;
+use crate::plan::Plan;
+use crate::{bootstrap, customize, icicle, mirror, password, sources, system};
+
+/// Host tools the Debian build runs besides the disk tools.
+const DEBIAN_TOOLS: &[Tool] =
+    &[Tool::new("mmdebstrap", "mmdebstrap"), Tool::new("openssl", "openssl"), Tool::new("curl", "curl")];
+
+/// Units enabled in every image: DHCP networking and DNS for it.
+const UNITS: &[&str] = &["systemd-networkd.service", "systemd-resolved.service"];
+
+/// Reports tool output to the build log and the build's cancel state to the tools.
+struct HostWatch<'h, 'a> {
+    host: &'h Host<'a>,
+    level: LogLevel,
+}
+
+impl Watch for HostWatch<'_, '_> {
+    fn line(&self, what: &str, line: &str) {
+        self.host.log(self.level, &format!("{what}: {line}"));
+    }
+    fn cancelled(&self) -> bool {
+        self.host.is_cancelled()
+    }
+}
+
+/// Builds the base image the request's template describes.
+pub fn create_base_image(host: &Host, req: &BaseImageRequest) -> Result<BaseImageOutcome, PluginError> {
+    build(host, req).map_err(|e| {
+        for line in e.tail() {
+            host.warn(line);
+        }
+        match e {
+            DebianError::Disk(DiskError::Cancelled) => PluginError::cancelled(),
+            other => PluginError::new(other.to_string()),
+        }
+    })
+}
+
+fn check_cancelled(host: &Host) -> Result<(), DebianError> {
+    if host.is_cancelled() {
+        Err(DebianError::Disk(DiskError::Cancelled))
+    } else {
+        Ok(())
+    }
+}
+
+fn build(host: &Host, req: &BaseImageRequest) -> Result<BaseImageOutcome, DebianError> {
+    let template =
+        Template::parse(&req.template, &ParseOptions::default()).map_err(|e| DebianError::Template(e.to_string()))?;
+    let plan = Plan::new(&template)?;
+    tools::require(DEBIAN_TOOLS)?;
+    tools::require(tools::DISK_TOOLS)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DebianError::Disk(DiskError::Unexpected(
+            "the Debian plugin needs root (mmdebstrap's root mode and chroot)".into(),
+        )));
+    }
+    let info = HostWatch { host, level: LogLevel::Info };
+    let debug = HostWatch { host, level: LogLevel::Debug };
+    let mirror = mirror::choose(plan.install_url.as_deref())?;
+    let suite = plan.release.suite();
+    let root = host.work_dir().join("root");
+    let chroot = Chroot::new(&root);
+
+    host.activity(&format!("Bootstrapping Debian {} ({suite}) with mmdebstrap", plan.release.number));
+    host.info(&format!("Mirror {mirror}, suite {suite}, architecture {}", plan.arch));
+    host.percent(5);
+    bootstrap::run(suite, plan.arch, &mirror, &plan.base_packages, &root, &info)?;
+    check_cancelled(host)?;
+
+    host.activity("Configuring the system");
+    host.percent(50);
+    let uuid = random_uuid()?;
+    system::write(&root, &uuid, &plan.hostname)?;
+    sources::write_all(&root, &mirror, suite, &template.repositories)?;
+    let services = chroot.hold_services()?;
+    match &template.os.rootpw {
+        Some(pw) => password::set_root_password(&root, pw, &debug)?,
+        None => host.info("The template has no root password: root's password stays locked"),
+    }
+    check_cancelled(host)?;
+
+    host.activity("Applying the template's repositories, packages, files and commands");
+    host.percent(55);
+    if !template.repositories.is_empty() {
+        customize::apt_update(&chroot, &debug)?;
+    }
+    for c in &template.precommands {
+        host.info(&format!("Running precommand '{}'", c.name));
+        customize::run_command(&chroot, c, "precommand", &debug)?;
+        check_cancelled(host)?;
+    }
+    if !plan.template_packages.is_empty() {
+        let names: Vec<&str> = plan.template_packages.iter().map(String::as_str).collect();
+        host.info(&format!("Installing {} template packages", names.len()));
+        customize::install_packages(&chroot, &names, &debug)?;
+    }
+    for f in &template.files {
+        customize::write_file(&chroot, f, &debug)?;
+    }
+    for c in &template.commands {
+        host.info(&format!("Running command '{}'", c.name));
+        customize::run_command(&chroot, c, "command", &debug)?;
+        check_cancelled(host)?;
+    }
+    customize::enable_units(&chroot, UNITS, &debug)?;
+    check_cancelled(host)?;
+
+    host.activity("Building the initramfs");
+    host.percent(65);
+    bootstrap::build_initramfs(&chroot, &debug)?;
+    check_cancelled(host)?;
+
+    host.activity("Generating the ICICLE");
+    host.percent(75);
+    let packages = customize::installed_packages(&chroot, &debug)?;
+    let extra = match &template.os.icicle_extra_command {
+        Some(c) => Some(customize::icicle_extra(&chroot, c, &debug)?),
+        None => None,
+    };
+    let icicle = icicle::from_dpkg_query(&packages, template.description.as_deref(), extra.as_deref());
+
+    host.activity("Cleaning up the image");
+    host.percent(78);
+    sources::remove_unpersisted(&root, &template.repositories)?;
+    customize::clean_apt(&chroot, &debug)?;
+    system::link_resolv_conf(&root)?;
+    services.release()?;
+    refuse_symlink(&root, "boot")?;
+    BootEntry {
+        title: format!("Debian GNU/Linux {} ({suite})", plan.release.number),
+        kernel: "/vmlinuz".into(),
+        initrd: "/initrd.img".into(),
+        cmdline: system::kernel_cmdline(&uuid, template.os.kernelparam.as_deref()),
+        serial: true,
+        timeout_secs: 1,
+    }
+    .stage(&root)?;
+    check_cancelled(host)?;
+
+    host.activity("Writing the disk image");
+    host.percent(80);
+    let usage = size::tree_usage(&root)?;
+    let disk_size = size::choose_disk(template.disk_size, usage)?;
+    let layout = Layout::single(disk_size)?;
+    let body = host.body_path();
+    layout.create(&body, &debug)?;
+    Ext4 { uuid: uuid.clone(), label: "root".into() }.write(&body, &layout, &root, &debug)?;
+    check_cancelled(host)?;
+
+    host.activity("Installing the GRUB boot loader");
+    host.percent(95);
+    grub::install_bios(&body, &layout, &host.work_dir(), &debug)?;
+    // The tree is about a gigabyte: free it now rather than when the host gets to it.
+    remove_tree(host, &root);
+    host.info(&format!(
+        "Debian {} image: {} bytes ({} allocated), root file system {uuid}",
+        plan.release.number,
+        layout.disk_size,
+        size::allocated(&body)?
+    ));
+    host.percent(100);
+
+    let mut properties = Parameters::new();
+    properties.insert("debian_release".into(), plan.release.number.to_string().into());
+    properties.insert("debian_suite".into(), suite.into());
+    properties.insert("disk_format".into(), "raw".into());
+    properties.insert("disk_size".into(), layout.disk_size.into());
+    properties.insert("root_fs_uuid".into(), uuid.into());
+    Ok(BaseImageOutcome { icicle: Some(icicle), properties })
+}
+
+/// Fails if `rel` in `root` is a symlink: what is written there next must stay inside
+/// the tree.
+fn refuse_symlink(root: &Path, rel: &str) -> Result<(), DiskError> {
+    let p: PathBuf = root.join(rel);
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.file_type().is_symlink() => {
+            Err(DiskError::Unexpected(format!("/{rel} in the image is a symlink; the boot loader needs a directory")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remove_tree(host: &Host, root: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(root) {
+        host.warn(&format!("cannot remove {}: {e} (the host removes the work directory)", root.display()));
+    }
+}

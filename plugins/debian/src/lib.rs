@@ -1,0 +1,62 @@
+//! Debian OS plugin: builds a bootable Debian base image without a VM.
+//!
+//! mmdebstrap installs Debian from a mirror (the template's install url, or the build
+//! host's own apt mirror for `<url>host</url>`) into a directory; the template's
+//! repositories, packages, files and commands are applied in a chroot; the tree is
+//! written straight into partition 1 of a raw MBR disk with `mkfs.ext4 -d` and made
+//! bootable with GRUB (BIOS). The ICICLE lists the installed packages (dpkg-query).
+//!
+//! Modules, one concept each:
+//! - [`plan`]: what the template asks for, checked before any work;
+//! - [`release`]: Debian releases and architectures;
+//! - [`mirror`]: the mirror, from the template or the host's apt sources;
+//! - [`bootstrap`]: mmdebstrap, with the initramfs built once at the end;
+//! - [`system`]: fstab, host name, serial console, networking;
+//! - [`sources`]: the image's apt sources and the template's repositories;
+//! - [`password`]: the root password, hashed;
+//! - [`customize`]: the template's content applied in the chroot;
+//! - [`fetch`]: template content given by URL;
+//! - [`icicle`]: the package manifest;
+//! - [`build`]: the steps in order.
+
+pub mod bootstrap;
+pub mod build;
+pub mod customize;
+pub mod error;
+pub mod fetch;
+pub mod icicle;
+pub mod mirror;
+pub mod password;
+pub mod plan;
+pub mod release;
+pub mod sources;
+pub mod system;
+
+use imagefactory_plugin_api::prelude::*;
+
+/// The plugin object the host calls.
+pub struct DebianOs;
+
+impl OsPlugin for DebianOs {
+    fn create_base_image(&self, host: &Host, req: BaseImageRequest) -> Result<BaseImageOutcome, PluginError> {
+        build::create_base_image(host, &req)
+    }
+}
+
+/// The plugin's manifest: any Debian version and architecture is routed here, and the
+/// plugin answers unsupported ones with a one-line error naming what it supports.
+pub fn manifest() -> Manifest {
+    Manifest::os(
+        "Debian",
+        env!("CARGO_PKG_VERSION"),
+        "Debian 11, 12 and 13 (x86_64) bootstrapped with mmdebstrap into a bootable raw disk, with ICICLE",
+        &[("Debian", None, None)],
+    )
+    .maintainer("imagefactory developers", "", "")
+    .license("Apache-2.0")
+}
+
+imagefactory_plugin_api::export_plugin! {
+    manifest: manifest,
+    os: || Ok(DebianOs),
+}

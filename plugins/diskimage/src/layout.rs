@@ -1,0 +1,152 @@
+//! The partition table: one MBR (dos) table with a single Linux partition starting at
+//! 1 MiB. The gap before it holds GRUB's core.img (BIOS boot from an MBR disk), and a
+//! 1 MiB start keeps the partition aligned for every storage the image may land on.
+
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::process::Command;
+
+use crate::error::DiskError;
+use crate::process::{self, Options, Watch};
+
+/// Bytes per sector of the images built here.
+pub const SECTOR: u64 = 512;
+
+/// Where partition 1 starts, in bytes.
+pub const PARTITION_START: u64 = 1 << 20;
+
+/// The whole disk and its one partition, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub disk_size: u64,
+    pub partition_start: u64,
+    pub partition_size: u64,
+}
+
+impl Layout {
+    /// A disk of `disk_size` bytes (rounded down to whole MiB, so the partition ends on a
+    /// MiB boundary) with one partition from 1 MiB to the end.
+    pub fn single(disk_size: u64) -> Result<Layout, DiskError> {
+        let disk_size = disk_size & !((1 << 20) - 1);
+        if disk_size < PARTITION_START + (16 << 20) {
+            return Err(DiskError::TooSmall { requested: disk_size, needed: PARTITION_START + (16 << 20) });
+        }
+        Ok(Layout { disk_size, partition_start: PARTITION_START, partition_size: disk_size - PARTITION_START })
+    }
+
+    /// The input `sfdisk` reads: a dos label, partition 1 bootable, type 83 (Linux).
+    pub fn sfdisk_script(&self) -> String {
+        format!(
+            "label: dos\nunit: sectors\n\nstart={}, size={}, type=83, bootable\n",
+            self.partition_start / SECTOR,
+            self.partition_size / SECTOR
+        )
+    }
+
+    /// Creates `image` as a sparse file of the disk's size and writes the partition table.
+    pub fn create(&self, image: &Path, watch: &dyn Watch) -> Result<(), DiskError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(image)
+            .map_err(|e| DiskError::io("cannot create the disk image", image, e))?;
+        file.set_len(self.disk_size).map_err(|e| DiskError::io("cannot size the disk image", image, e))?;
+        drop(file);
+        let mut cmd = Command::new("sfdisk");
+        cmd.args(["--quiet", "--no-reread", "--no-tell-kernel", "--wipe", "always"]).arg(image);
+        process::run(
+            "sfdisk",
+            cmd,
+            Options { stdin: Some(self.sfdisk_script().into_bytes()), ..Default::default() },
+            watch,
+        )?;
+        Ok(())
+    }
+}
+
+/// One partition as `sfdisk -J` reports it (sectors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub start: u64,
+    pub size: u64,
+    pub kind: String,
+    pub bootable: bool,
+}
+
+/// The partition table of an image, as `sfdisk -J` reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// "dos" for MBR, "gpt" for GPT.
+    pub label: String,
+    pub partitions: Vec<Partition>,
+}
+
+/// Reads the partition table of `image` with `sfdisk -J`.
+pub fn read(image: &Path) -> Result<Table, DiskError> {
+    let mut cmd = Command::new("sfdisk");
+    cmd.arg("-J").arg(image);
+    let out = process::run("sfdisk -J", cmd, Options { capture_stdout: true, ..Default::default() }, &process::Quiet)?;
+    parse_sfdisk_json(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Parses the JSON of `sfdisk -J`.
+pub fn parse_sfdisk_json(text: &str) -> Result<Table, DiskError> {
+    let bad = |why: &str| DiskError::Unexpected(format!("cannot read the partition table: {why}"));
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(&e.to_string()))?;
+    let t = &v["partitiontable"];
+    let label = t["label"].as_str().ok_or_else(|| bad("no label"))?.to_string();
+    let parts = t["partitions"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut partitions = Vec::new();
+    for p in parts {
+        partitions.push(Partition {
+            start: p["start"].as_u64().ok_or_else(|| bad("a partition has no start"))?,
+            size: p["size"].as_u64().ok_or_else(|| bad("a partition has no size"))?,
+            kind: p["type"].as_str().unwrap_or_default().to_string(),
+            bootable: p["bootable"].as_bool().unwrap_or(false),
+        });
+    }
+    Ok(Table { label, partitions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_partition_layout() {
+        let l = Layout::single((2 << 30) + 12345).unwrap();
+        assert_eq!(l.disk_size, 2 << 30);
+        assert_eq!(l.partition_start, 1 << 20);
+        assert_eq!(l.partition_size, (2 << 30) - (1 << 20));
+        assert_eq!(l.sfdisk_script(), "label: dos\nunit: sectors\n\nstart=2048, size=4192256, type=83, bootable\n");
+        assert!(matches!(Layout::single(4 << 20), Err(DiskError::TooSmall { .. })));
+    }
+
+    #[test]
+    fn parses_sfdisk_json() {
+        let json = r#"{"partitiontable": {"label": "dos", "id": "0x1234", "device": "x.img", "unit": "sectors",
+            "sectorsize": 512, "partitions": [{"node": "x.img1", "start": 2048, "size": 4192256, "type": "83", "bootable": true}]}}"#;
+        let t = parse_sfdisk_json(json).unwrap();
+        assert_eq!(t.label, "dos");
+        assert_eq!(t.partitions, vec![Partition { start: 2048, size: 4192256, kind: "83".into(), bootable: true }]);
+        assert!(parse_sfdisk_json("{}").is_err());
+    }
+
+    #[test]
+    fn creates_a_sparse_partitioned_file() {
+        if crate::tools::find("sfdisk").is_none() {
+            panic!("sfdisk is not installed (Debian package fdisk; run scripts/setup.sh)");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let l = Layout::single(64 << 20).unwrap();
+        l.create(&img, &process::Quiet).unwrap();
+        let t = read(&img).unwrap();
+        assert_eq!(t.label, "dos");
+        assert_eq!(t.partitions.len(), 1);
+        assert_eq!(t.partitions[0].start, 2048);
+        assert_eq!(t.partitions[0].size * SECTOR, l.partition_size);
+        assert!(crate::size::allocated(&img).unwrap() < 1 << 20, "the new image should be sparse");
+    }
+}
