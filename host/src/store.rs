@@ -291,15 +291,16 @@ impl Store {
             return Err(StoreError::NotFound(id.to_string()));
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for path in [self.meta_path(id), self.body_path(id), self.log_path(id), self.lock_path(id)] {
+        for extra in ["console.log", "screenshot.png"] {
+            let _ = fs::remove_file(self.dir.join(format!("{id}.{extra}")));
+        }
+        // The .meta goes last: once it is gone, everything else of the image is too.
+        for path in [self.body_path(id), self.log_path(id), self.lock_path(id), self.meta_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => return Err(StoreError::Remove { path, source }),
             }
-        }
-        for extra in ["console.log", "screenshot.png"] {
-            let _ = fs::remove_file(self.dir.join(format!("{id}.{extra}")));
         }
         index.remove(id);
         Ok(())

@@ -462,6 +462,11 @@ impl Build<'_> {
                 });
                 if let Err(e) = self.inner.store.remove(self.id) {
                     tracing::error!(error = %e, "cannot remove the image's files");
+                    self.update(|r| {
+                        r.status = Status::DeleteFailed;
+                        r.status_detail.error =
+                            Some(format!("Failure encountered while: Removing the image's files: {e}"));
+                    });
                 }
                 self.inner.notify();
             }

@@ -389,7 +389,8 @@ impl Engine {
                 progress(&rec);
                 last = Some(now);
             }
-            if rec.status.is_final() {
+            // DELETED is announced before the files go: wait until they are gone.
+            if rec.status.is_final() && rec.status != Status::Deleted {
                 return Some(rec);
             }
             self.inner.wait_change(seen, Duration::from_millis(500));
