@@ -167,7 +167,24 @@ impl<'a> Host<'a> {
     pub fn work_dir(&self) -> PathBuf {
         PathBuf::from(self.services.work_dir().as_str())
     }
+
+    /// A directory whose files the host keeps as files of the image once the operation
+    /// ends, on success and on failure alike: a guest's serial console log, a screenshot
+    /// of a failed install. The host serves them at
+    /// `GET /imagefactory/<collection>/<id>/files/<name>`; a one-line error can name them.
+    ///
+    /// It is `<work dir>/files`, created here; names must be plain file names (no `/`).
+    pub fn files_dir(&self) -> PathBuf {
+        let dir = self.work_dir().join(FILES_DIR_NAME);
+        // A failure here shows up when the plugin writes into it, with the path named.
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
 }
+
+/// The name of the directory under an operation's work dir whose files the host keeps
+/// (see [`Host::files_dir`]).
+pub const FILES_DIR_NAME: &str = "files";
 
 /// An OS plugin: installs operating systems into base images.
 ///

@@ -1,0 +1,1 @@
+//! Fedora OS plugin: installs Fedora in a VM from a generated kickstart (work in progress).
