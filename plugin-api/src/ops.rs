@@ -167,6 +167,25 @@ pub struct TargetHookRequest {
     /// straight from `base_body_path` to the target body: the base is then never copied.
     #[serde(default)]
     pub content: TargetContent,
+    /// Images of the store that `parameters` name: every parameter whose value is the id of
+    /// an image in the store (IndirectionCloud's `utility_image`, say) is resolved here by
+    /// the host, keyed by that id. A named id absent from this map is not in the store.
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, ImageRef>,
+}
+
+/// An image of the host's store, as a plugin may read it (never write it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRef {
+    /// `base_image`, `target_image`, `provider_image`.
+    pub kind: String,
+    /// The original's status names: `NEW`, `BUILDING`, `COMPLETE`, `FAILED`, ...
+    pub status: String,
+    /// The image's body file.
+    pub body_path: String,
+    /// The template the image was built from (XML), when it has one.
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// Push an existing target image to a provider.

@@ -4,6 +4,7 @@
 //! failure reads "Failure encountered while: <activity>: <cause>". Plugin work runs in
 //! worker processes; the working directory of each operation is removed on every path.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -290,6 +291,27 @@ impl Build<'_> {
         Ok(())
     }
 
+    /// The images of the store that parameter values name (see `TargetHookRequest::images`).
+    fn images_named_in(&self, parameters: &Map<String, Value>) -> BTreeMap<String, ImageRef> {
+        let mut images = BTreeMap::new();
+        for value in parameters.values() {
+            let Some(id) = value.as_str().map(str::trim) else { continue };
+            if uuid::Uuid::parse_str(id).is_err() || images.contains_key(id) {
+                continue;
+            }
+            if let Some(r) = self.inner.store.get(id) {
+                let image = ImageRef {
+                    kind: r.kind.singular().to_string(),
+                    status: r.status.as_str().to_string(),
+                    body_path: r.data.clone(),
+                    template: r.template.clone(),
+                };
+                images.insert(id.to_string(), image);
+            }
+        }
+        images
+    }
+
     fn target(&self, base_id: &str, os: &ResolvedPlugin, cloud: &ResolvedPlugin) -> Step<()> {
         let base = self.wait_for_parent(base_id, "BaseImage", "TargetImage")?;
         let _slot = self.acquire_slot()?;
@@ -308,6 +330,7 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
             content: host_content.clone(),
+            images: self.images_named_in(&rec.parameters),
         };
         let body = Path::new(&rec.data);
         let should: ShouldCreate =
