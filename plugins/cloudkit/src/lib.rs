@@ -1,0 +1,19 @@
+//! What imagefactory's cloud plugins share.
+//!
+//! - [`Secret`]: a credential value that cannot be printed by accident;
+//! - [`provider::ProviderDoc`]: a provider definition in any of the original's shapes (a
+//!   name, a JSON object, an XML document), with the `endpoint` override;
+//! - [`credentials::section`]: the `<provider_credentials><X_credentials>` document;
+//! - [`content::cloud_content`]: the in-image changes the original made for every cloud
+//!   (persistent network rules and MAC addresses removed, a cloud-info file written),
+//!   handed to the OS plugin's second stage as target content.
+//!
+//! Each cloud plugin keeps what is its own (its service's protocol, its target format);
+//! only what every cloud needs the same way lives here.
+
+pub mod content;
+pub mod credentials;
+pub mod provider;
+mod secret;
+
+pub use secret::Secret;
