@@ -154,6 +154,66 @@ impl Store {
         self.dir.join(format!("{id}.log"))
     }
 
+    /// The directory of files kept with an image (console logs, screenshots, generated
+    /// kickstarts): `<storage>/<uuid>.files`.
+    pub fn files_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.files"))
+    }
+
+    /// Moves the plain files of `from` (a plugin operation's files directory) into the
+    /// image's kept files, replacing files of the same name. Anything that is not a plain
+    /// file with a plain name is left behind. Returns the names kept.
+    pub fn keep_files(&self, id: &str, from: &Path) -> Result<Vec<String>, StoreError> {
+        let entries = match fs::read_dir(from) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StoreError::Read { path: from.to_path_buf(), source }),
+        };
+        let dest = self.files_dir(id);
+        let mut kept = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_plain_file_name(&name) || !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                continue;
+            }
+            fs::create_dir_all(&dest).map_err(|source| StoreError::Write { path: dest.clone(), source })?;
+            let target = dest.join(&name);
+            if fs::rename(entry.path(), &target).is_err() {
+                // Another file system (tmpdir elsewhere): copy, then drop the original.
+                fs::copy(entry.path(), &target).map_err(|source| StoreError::Write { path: target.clone(), source })?;
+                let _ = fs::remove_file(entry.path());
+            }
+            kept.push(name);
+        }
+        kept.sort();
+        Ok(kept)
+    }
+
+    /// The names of the files kept with an image, sorted.
+    pub fn kept_files(&self, id: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.files_dir(id))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| is_plain_file_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The path of one kept file, when the name is plain and the file exists.
+    pub fn kept_file(&self, id: &str, name: &str) -> Option<PathBuf> {
+        if !is_plain_id(id) || !is_plain_file_name(name) {
+            return None;
+        }
+        let p = self.files_dir(id).join(name);
+        p.is_file().then_some(p)
+    }
+
     fn lock_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!(".{id}.lock"))
     }
@@ -291,8 +351,10 @@ impl Store {
             return Err(StoreError::NotFound(id.to_string()));
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for extra in ["console.log", "screenshot.png"] {
-            let _ = fs::remove_file(self.dir.join(format!("{id}.{extra}")));
+        if let Err(e) = fs::remove_dir_all(self.files_dir(id)) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(StoreError::Remove { path: self.files_dir(id), source: e });
+            }
         }
         // The .meta goes last: once it is gone, everything else of the image is too.
         for path in [self.body_path(id), self.log_path(id), self.lock_path(id), self.meta_path(id)] {
@@ -340,9 +402,39 @@ fn is_plain_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
+/// A kept file's name: letters, digits, `.`, `-`, `_`, not starting with a dot.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_files_move_in_are_listed_and_go_with_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s")).unwrap();
+        let id = "0b5c1a38-5d2e-4c0e-9a43-7c1f2b9e8d11";
+        store.save(&record(ImageKind::BaseImage, id)).unwrap();
+        let from = dir.path().join("files");
+        fs::create_dir(&from).unwrap();
+        fs::write(from.join("console.log"), "boot\n").unwrap();
+        fs::write(from.join(".hidden"), "x").unwrap();
+        fs::write(from.join("bad name"), "x").unwrap();
+        fs::create_dir(from.join("sub")).unwrap();
+        assert_eq!(store.keep_files(id, &from).unwrap(), vec!["console.log".to_string()]);
+        assert!(!from.join("console.log").exists());
+        assert_eq!(store.kept_files(id), vec!["console.log".to_string()]);
+        assert!(store.kept_file(id, "console.log").is_some());
+        assert!(store.kept_file(id, "../x").is_none());
+        assert!(store.kept_file(id, ".hidden").is_none());
+        store.remove(id).unwrap();
+        assert!(!store.files_dir(id).exists());
+    }
 
     fn record(kind: ImageKind, id: &str) -> ImageRecord {
         ImageRecord::new(kind, id.to_string(), format!("/x/{id}.body"))

@@ -155,6 +155,31 @@ fn a_plugin_failing_mid_build_gives_a_one_line_error_naming_the_activity() {
 }
 
 #[test]
+fn files_a_failing_plugin_left_are_kept_with_the_image_and_served() {
+    let d = Daemon::start_default();
+    let id = d.create_base(&mock_tdl(), json!({"mock_fail_at": "create_base_image", "mock_keep_file": "console.log"}));
+    let img = d.wait_status(&id, "base_images", &["COMPLETE", "FAILED"], BUILD_TIMEOUT);
+    assert_eq!(img["status"], "FAILED", "{img}");
+    let list = d.get(&format!("/imagefactory/base_images/{id}/files"));
+    list.expect(200);
+    assert_eq!(list.json()["files"], json!(["console.log"]), "{}", list.text());
+    let file = d.get(&format!("/imagefactory/base_images/{id}/files/console.log"));
+    file.expect(200);
+    assert_eq!(file.text(), "create_base_image of MockOS\n");
+    assert_eq!(file.header("content-type"), Some("text/plain; charset=utf-8"));
+    d.get(&format!("/imagefactory/base_images/{id}/files/other.log")).expect(404);
+    d.get(&format!("/imagefactory/base_images/{id}/files/..%2Fx")).expect(404);
+    // An image without kept files lists none; deleting an image removes its files.
+    let ok = d.create_base(&mock_tdl(), json!({}));
+    d.wait_complete(&ok, "base_images");
+    assert_eq!(d.get(&format!("/imagefactory/base_images/{ok}/files")).json()["files"], json!([]));
+    d.delete(&format!("/imagefactory/base_images/{id}")).expect(204);
+    wait_for(Duration::from_secs(30), "the image's files to go", || {
+        (!d.storage().join(format!("{id}.files")).exists()).then_some(())
+    });
+}
+
+#[test]
 fn panicking_and_crashing_plugins_fail_only_their_own_build() {
     let d = Daemon::start_default();
     let cases = [

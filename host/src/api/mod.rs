@@ -284,6 +284,43 @@ async fn build_log(State(st): State<ApiState>, Path(p): Path<std::collections::H
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], log).into_response())
 }
 
+async fn list_files(State(st): State<ApiState>, Path(p): Path<std::collections::HashMap<String, String>>) -> ApiResult {
+    let id = last_param(&p);
+    let engine = st.engine.clone();
+    let names = blocking(move || engine.get(&id).map(|rec| engine.store().kept_files(&rec.identifier))).await??;
+    Ok(Json(json!({ "files": names })).into_response())
+}
+
+async fn get_file(
+    State(st): State<ApiState>,
+    Path(p): Path<std::collections::HashMap<String, String>>,
+    req: Request,
+) -> ApiResult {
+    use tower::ServiceExt;
+    let id = last_param(&p);
+    let name = p.get("name").cloned().unwrap_or_default();
+    let engine = st.engine.clone();
+    let path = blocking({
+        let name = name.clone();
+        move || engine.get(&id).map(|rec| engine.store().kept_file(&rec.identifier, &name))
+    })
+    .await??
+    .ok_or_else(|| ApiError::not_found(format!("No file {name} kept with this image")))?;
+    let mime = match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => "image/png",
+        Some("log" | "txt" | "cfg" | "ks" | "xml" | "json") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    let resp = tower_http::services::ServeFile::new_with_mime(
+        &path,
+        &mime.parse().map_err(|_| ApiError::bad_request("mime"))?,
+    )
+    .oneshot(req)
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the file: {e}")))?;
+    Ok(resp.map(Body::new))
+}
+
 async fn list_plugins(State(st): State<ApiState>, headers: HeaderMap, uri: Uri) -> ApiResult {
     let href = represent::request_url(&st, &headers, &uri);
     let href = href.trim_end_matches('/').to_string();

@@ -163,6 +163,20 @@ pub fn endpoints() -> Vec<Endpoint> {
                 get(build_log),
                 vec![op("get", format!("The {what}'s build log (text)"), &[OK, NOT_FOUND, UNAUTH])],
             ));
+            e.push(endpoint(
+                format!("{item}/files"),
+                get(list_files),
+                vec![op(
+                    "get",
+                    format!("Names of the files kept with the {what} (console logs, screenshots, kickstarts)"),
+                    &[OK, NOT_FOUND, UNAUTH],
+                )],
+            ));
+            e.push(endpoint(
+                format!("{item}/files/{{name}}"),
+                get(get_file),
+                vec![op("get", format!("One file kept with the {what}"), &[OK, NOT_FOUND, UNAUTH])],
+            ));
         }
     }
     e

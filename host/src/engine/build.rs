@@ -257,6 +257,12 @@ impl Build<'_> {
             Event::Result(_) | Event::Error(_) => {}
         };
         let result = worker::run(&self.inner.config.worker_exe, &job, &self.job.cancel, &mut on_event);
+        let files_dir = work_dir.join(imagefactory_plugin_api::sdk::FILES_DIR_NAME);
+        match self.inner.store.keep_files(self.id, &files_dir) {
+            Ok(kept) if !kept.is_empty() => self.log("INFO", &format!("{op_name} left files {}", kept.join(", "))),
+            Ok(_) => {}
+            Err(e) => self.log("WARN", &format!("cannot keep the files {op_name} left: {e}")),
+        }
         if let Err(e) = std::fs::remove_dir_all(&work_dir) {
             tracing::warn!(dir = %work_dir.display(), error = %e, "cannot remove a working directory");
         }

@@ -8,6 +8,9 @@
 //! - `mock_sleep_seconds`: each operation takes this long, reporting progress and
 //!   stopping early when the build is cancelled.
 //! - `mock_progress_steps`: how many progress reports an operation makes (default 4).
+//! - `mock_keep_file`: a file name: every operation writes `<op> of <plugin>` into that
+//!   file of the host's files directory first (a file kept with the image, as a real
+//!   plugin keeps a console log), so it is there even when the operation then fails.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,10 @@ const SIGSEGV: i32 = 11;
 /// Applies the steering parameters to operation `op` of plugin `who`.
 pub fn steer(host: &Host, parameters: &Parameters, who: &str, op: &str) -> Result<(), PluginError> {
     let is = |key: &str| parameters.get(key).and_then(|v| v.as_str()) == Some(op);
+    if let Some(name) = parameters.get("mock_keep_file").and_then(|v| v.as_str()) {
+        std::fs::write(host.files_dir().join(name), format!("{op} of {who}\n"))
+            .map_err(|e| PluginError::with_source(format!("cannot write the kept file {name}"), &e))?;
+    }
     if is("mock_crash_at") {
         host.info(&format!("{who} crashing on purpose in {op}"));
         if parameters.get("mock_crash_signal").and_then(|v| v.as_str()) == Some("abort") {
