@@ -25,9 +25,9 @@ const DEBIAN_TOOLS: &[Tool] =
 const UNITS: &[&str] = &["systemd-networkd.service", "systemd-resolved.service"];
 
 /// Reports tool output to the build log and the build's cancel state to the tools.
-struct HostWatch<'h, 'a> {
-    host: &'h Host<'a>,
-    level: LogLevel,
+pub(crate) struct HostWatch<'h, 'a> {
+    pub(crate) host: &'h Host<'a>,
+    pub(crate) level: LogLevel,
 }
 
 impl Watch for HostWatch<'_, '_> {

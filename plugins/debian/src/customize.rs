@@ -26,13 +26,19 @@ struct Staged {
 
 impl Staged {
     fn new(chroot: &Chroot, kind: &str, bytes: &[u8]) -> Result<Staged, DiskError> {
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
+        let name = format!("imagefactory-{kind}-{}-{n}", std::process::id());
+        if let Some(stage) = chroot.stage_dir() {
+            // An image: commands see the stage directory as /run/imagefactory.
+            let host = stage.join(&name);
+            std::fs::write(&host, bytes).map_err(|e| DiskError::io("cannot write", &host, e))?;
+            return Ok(Staged { host, guest: format!("/run/imagefactory/{name}") });
+        }
         let tmp = chroot.root().join("tmp");
         let real_dir = std::fs::symlink_metadata(&tmp).map(|m| m.is_dir()).unwrap_or(false);
         if !real_dir {
             return Err(DiskError::Unexpected("the image's /tmp is not a directory".into()));
         }
-        let n = STAGED.fetch_add(1, Ordering::Relaxed);
-        let name = format!("imagefactory-{kind}-{}-{n}", std::process::id());
         let host = tmp.join(&name);
         std::fs::write(&host, bytes).map_err(|e| DiskError::io("cannot write", &host, e))?;
         Ok(Staged { host, guest: format!("/tmp/{name}") })

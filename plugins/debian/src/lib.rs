@@ -17,7 +17,8 @@
 //! - [`customize`]: the template's content applied in the chroot;
 //! - [`fetch`]: template content given by URL;
 //! - [`icicle`]: the package manifest;
-//! - [`build`]: the steps in order.
+//! - [`build`]: the steps in order;
+//! - [`target`]: the second stage, a copy of a base image with a target's content.
 
 pub mod bootstrap;
 pub mod build;
@@ -31,6 +32,7 @@ pub mod plan;
 pub mod release;
 pub mod sources;
 pub mod system;
+pub mod target;
 
 use imagefactory_plugin_api::prelude::*;
 
@@ -40,6 +42,10 @@ pub struct DebianOs;
 impl OsPlugin for DebianOs {
     fn create_base_image(&self, host: &Host, req: BaseImageRequest) -> Result<BaseImageOutcome, PluginError> {
         build::create_base_image(host, &req)
+    }
+
+    fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
+        target::create_target_image(host, &req)
     }
 }
 

@@ -7,6 +7,13 @@
 //! a killed build cannot leave a mount behind that would stop the work directory from
 //! being removed.
 //!
+//! A finished disk image can be entered the same way ([`Chroot::on_image`]): its root
+//! partition is loop-mounted inside that private namespace, used, and unmounted before
+//! the command returns (the namespace's end drops it too if the command is killed), so
+//! the image is never mounted where anything else could see it, and the loop device is
+//! released with it. Files for the command are bind-mounted at /run/imagefactory from a
+//! host directory, so nothing is staged inside the image.
+//!
 //! /run is a fresh tmpfs, as on a booted system, holding the build host's resolver
 //! configuration where systemd-resolved's would be: an image whose /etc/resolv.conf
 //! points at resolved's stub can still reach the mirror from the chroot, and nothing
@@ -32,6 +39,40 @@ if [ -e /etc/resolv.conf ]; then
 fi
 exec chroot "$root" "$@""#;
 
+/// Runs inside the new namespace for an image: mounts its partition, enters it, and
+/// unmounts it again when the command is done (recursively: /proc, /sys, /dev, /run).
+const ENTER_IMAGE: &str = r#"set -e
+image="$1"; offset="$2"; sizelimit="$3"; root="$4"; stage="$5"; shift 5
+mount -o loop,offset="$offset",sizelimit="$sizelimit" "$image" "$root"
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+mkdir -p "$root/run/systemd/resolve" "$root/run/imagefactory"
+if [ -e /etc/resolv.conf ]; then
+  cp -L /etc/resolv.conf "$root/run/systemd/resolve/stub-resolv.conf"
+  cp -L /etc/resolv.conf "$root/run/systemd/resolve/resolv.conf"
+fi
+mount --bind "$stage" "$root/run/imagefactory"
+set +e
+chroot "$root" "$@"
+rc=$?
+umount -R "$root" || umount -R -l "$root"
+exit $rc"#;
+
+/// A partition of a disk image to enter ([`Chroot::on_image`]).
+#[derive(Debug, Clone)]
+pub struct ImagePartition {
+    /// The raw disk image.
+    pub image: PathBuf,
+    /// Where the partition starts, in bytes.
+    pub offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Host directory shown to commands as /run/imagefactory.
+    pub stage: PathBuf,
+}
+
 /// The environment of commands in the root: nothing of the host's leaks in (the host's
 /// PATH, locale or proxy settings describe the host, not the guest).
 const ENV: &[(&str, &str)] = &[
@@ -41,19 +82,32 @@ const ENV: &[(&str, &str)] = &[
     ("DEBIAN_FRONTEND", "noninteractive"),
 ];
 
-/// A root tree commands can be run in.
+/// A root tree commands can be run in: a directory, or a partition of a disk image
+/// mounted at `root` for each command's lifetime.
 #[derive(Debug, Clone)]
 pub struct Chroot {
     root: PathBuf,
+    image: Option<ImagePartition>,
 }
 
 impl Chroot {
     pub fn new(root: impl Into<PathBuf>) -> Chroot {
-        Chroot { root: root.into() }
+        Chroot { root: root.into(), image: None }
+    }
+
+    /// The file system of `partition`, mounted at `mountpoint` (an empty directory) only
+    /// while each command runs, in the command's private namespace. Needs root.
+    pub fn on_image(partition: ImagePartition, mountpoint: impl Into<PathBuf>) -> Chroot {
+        Chroot { root: mountpoint.into(), image: Some(partition) }
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// For an image: the host directory commands see as /run/imagefactory.
+    pub fn stage_dir(&self) -> Option<&Path> {
+        self.image.as_ref().map(|p| p.stage.as_path())
     }
 
     /// A command that runs `program args...` inside the root, with /proc, /sys and /dev
@@ -64,12 +118,18 @@ impl Chroot {
         S: AsRef<OsStr>,
     {
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", ENTER, "enter"])
-            .arg(&self.root)
-            .arg(program)
-            .args(args)
-            .env_clear()
-            .envs(ENV.iter().copied());
+        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"]);
+        match &self.image {
+            None => cmd.args([ENTER, "enter"]).arg(&self.root),
+            Some(p) => cmd
+                .args([ENTER_IMAGE, "enter"])
+                .arg(&p.image)
+                .arg(p.offset.to_string())
+                .arg(p.size.to_string())
+                .arg(&self.root)
+                .arg(&p.stage),
+        };
+        cmd.arg(program).args(args).env_clear().envs(ENV.iter().copied());
         cmd
     }
 

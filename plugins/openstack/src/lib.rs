@@ -2,10 +2,12 @@
 //! `openstack`.
 //!
 //! Target image: the base image converted by qemu-img to qcow2 (or raw), zlib-compressed
-//! when asked, and read back before the build is COMPLETE. When the host has no target
-//! content for the OS plugin to apply, the conversion reads the base image directly, so
-//! the base is never copied; otherwise the OS plugin makes its copy and the plugin
-//! converts that in `builder_did_create_target_image`.
+//! when asked, and read back before the build is COMPLETE. The OS plugin's target stage
+//! first applies the in-image changes every cloud gets (`cloudkit::content`: cloud-info
+//! file, persistent network naming removed) and the host's target content to a copy, and
+//! the plugin converts that in `builder_did_create_target_image`. With
+//! `cloud_modifications=false` and no host content, the conversion reads the base image
+//! directly, so the base is never copied.
 //!
 //! Push: Glance v2. Create the image (name from the template, `disk_format` read from the
 //! real body, `container_format` bare, private), stream the body into it from disk,
@@ -77,6 +79,13 @@ fn disk_error(e: diskformat::DiskFormatError) -> PluginError {
         diskformat::DiskFormatError::Cancelled => PluginError::cancelled(),
         other => PluginError::new(other.to_string()),
     }
+}
+
+/// The in-image changes every cloud gets (see `cloudkit::content`), with the host's
+/// target content: what the OS plugin's target stage applies.
+fn cloud_content(req: &TargetHookRequest) -> Result<TargetContent, PluginError> {
+    let ours = cloudkit::content::cloud_content(&req.target, &req.parameters).map_err(PluginError::new)?;
+    Ok(cloudkit::content::merged(ours, &req.content))
 }
 
 fn glance_error(e: GlanceError) -> PluginError {
@@ -302,7 +311,7 @@ impl CloudPlugin for OpenStack {
         // Check the parameters now, before any work, so a typo fails the build at once.
         target_format(&req.parameters, &req.settings)?;
         // With nothing for the OS plugin to apply, convert straight from the base image.
-        Ok(!req.content.is_empty())
+        Ok(!cloud_content(&req)?.is_empty())
     }
 
     fn builder_will_create_target_image(
@@ -310,11 +319,12 @@ impl CloudPlugin for OpenStack {
         host: &Host,
         req: TargetHookRequest,
     ) -> Result<TargetContent, PluginError> {
-        if req.content.is_empty() {
+        let content = cloud_content(&req)?;
+        if content.is_empty() {
             let want = target_format(&req.parameters, &req.settings)?;
             make_target_body(host, Path::new(&req.base_body_path), &host.body_path(), want, &req.target)?;
         }
-        Ok(TargetContent::default())
+        Ok(content)
     }
 
     fn builder_did_create_target_image(&self, host: &Host, req: TargetHookRequest) -> Result<(), PluginError> {
