@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{template, token, Factory};
+use common::{debian_factory, template, token};
 use diskimage::layout::{self, PARTITION_START};
 use guest::{Accel, Guest, GuestConfig};
 
@@ -61,7 +61,7 @@ ExecStart=/bin/sh -c \"echo {marker} > /dev/ttyS0\"\\n\\n[Install]\\nWantedBy=mu
 <command name='boot-marker'>{unit}</command></commands>"
     );
     let tdl = template("Boot Test", "12", "x86_64", &format!("<rootpw>{rootpw}</rootpw>"), &body);
-    let f = Factory::new();
+    let f = debian_factory();
     let t = f.file("debian12.tdl", &tdl);
 
     // Build.

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{template, Factory};
+use common::{debian_factory, template, Factory};
 use debian_os::customize;
 use diskimage::chroot::Chroot;
 use diskimage::process::Quiet;
@@ -21,7 +21,7 @@ fn assert_one_line_failure(f: &Factory, tdl: &str, expected: &str) {
 
 #[test]
 fn an_unknown_version_fails_with_one_line() {
-    let f = Factory::new();
+    let f = debian_factory();
     assert_one_line_failure(
         &f,
         &template("old", "10", "x86_64", "", ""),
@@ -31,7 +31,7 @@ fn an_unknown_version_fails_with_one_line() {
 
 #[test]
 fn an_unsupported_architecture_fails_with_one_line() {
-    let f = Factory::new();
+    let f = debian_factory();
     assert_one_line_failure(
         &f,
         &template("arm", "12", "aarch64", "", ""),
