@@ -20,26 +20,7 @@ use sha2::{Digest, Sha512};
 
 pub const MIB: u64 = 1024 * 1024;
 
-/// The cargo target directory: `$CARGO_TARGET_DIR`, else the one this test runs from.
-pub fn target_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
-        let d = PathBuf::from(d);
-        if d.is_absolute() {
-            return d;
-        }
-        return PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(d);
-    }
-    let exe = std::env::current_exe().expect("the test's own path");
-    // <target>/debug/deps/<test>
-    exe.parent().and_then(Path::parent).and_then(Path::parent).expect("the test runs from <target>/debug/deps").into()
-}
-
-/// A build product in `<target>/debug`; panics when it is missing.
-pub fn built(name: &str) -> PathBuf {
-    let p = target_dir().join("debug").join(name);
-    assert!(p.is_file(), "{} is missing: run `cargo build --workspace` before these tests", p.display());
-    p
-}
+pub use testkit::{built, free_port};
 
 /// The Glance venv scripts/setup.sh installs: `$IMAGEFACTORY_GLANCE_VENV`, else
 /// `${IMAGEFACTORY_SERVICES:-$HOME/.cache/imagefactory}/glance-venv`.
@@ -68,12 +49,6 @@ pub fn glance_venv() -> PathBuf {
 pub fn require_qemu_img() {
     let ok = Command::new("qemu-img").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     assert!(ok, "qemu-img is not installed (Debian package qemu-utils): run scripts/setup.sh");
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    l.local_addr().expect("local address").port()
 }
 
 /// Waits for a child with a deadline; kills and reaps it when the deadline passes.
