@@ -92,11 +92,13 @@ func main() {
 // NAME.vmdk it creates an empty NAME-flat.vmdk beside it (see the file comment).
 func withFlatExtents(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The simulator's handler rewrites r.URL.Path: read it first.
+		urlPath := r.URL.Path
 		next.ServeHTTP(w, r)
-		if r.Method != http.MethodPut || !strings.HasPrefix(r.URL.Path, "/folder/") {
+		if r.Method != http.MethodPut || !strings.HasPrefix(urlPath, "/folder/") {
 			return
 		}
-		rel := strings.TrimPrefix(r.URL.Path, "/folder/")
+		rel := strings.TrimPrefix(urlPath, "/folder/")
 		if !strings.HasSuffix(rel, ".vmdk") || strings.HasSuffix(rel, "-flat.vmdk") {
 			return
 		}

@@ -34,6 +34,7 @@ fn variants() -> Vec<Variant> {
     let vmdk = ConvertOptions {
         subformat: Some("streamOptimized".into()),
         adapter_type: Some("lsilogic".into()),
+        compat6: true,
         ..Default::default()
     };
     vec![
@@ -49,7 +50,7 @@ fn variants() -> Vec<Variant> {
             name: "vSphere streamOptimized vmdk",
             format: "vmdk",
             opts: vmdk,
-            plain: &["-O", "vmdk", "-o", "subformat=streamOptimized,adapter_type=lsilogic"],
+            plain: &["-O", "vmdk", "-o", "subformat=streamOptimized,adapter_type=lsilogic,compat6=on"],
         },
         Variant {
             name: "RHEV-M qcow2 compat 0.10",

@@ -125,6 +125,8 @@ pub struct ConvertOptions {
     pub subformat: Option<String>,
     /// vmdk adapter type, e.g. `lsilogic` (the original's vSphere setting).
     pub adapter_type: Option<String>,
+    /// vmdk: VMDK version 6 (`compat6=on`), which the original's vSphere conversion asked for.
+    pub compat6: bool,
 }
 
 impl ConvertOptions {
@@ -138,6 +140,9 @@ impl ConvertOptions {
                 check_token(key, v)?;
                 parts.push(format!("{key}={v}"));
             }
+        }
+        if self.compat6 {
+            parts.push("compat6=on".to_string());
         }
         Ok((!parts.is_empty()).then(|| parts.join(",")))
     }
