@@ -27,7 +27,8 @@ fn root_answers_name_and_api_version() {
 #[test]
 fn base_image_lifecycle_raw_image_range_build_log_and_delete() {
     let d = Daemon::start_default();
-    let template = mock_tdl();
+    let rootpw = format!("pw-{}", unique("r"));
+    let template = mock_tdl().replace("changeme", &rootpw);
     let r = d.post_json("/imagefactory/base_images", &json!({"base_image": {"template": template}}));
     r.expect(202);
     let created = r.json();
@@ -37,7 +38,8 @@ fn base_image_lifecycle_raw_image_range_build_log_and_delete() {
     assert!(is_uuid(&id), "id is not a uuid: {id}");
     assert_eq!(b["href"], format!("{}/imagefactory/base_images/{id}", d.origin()));
     assert_eq!(b["status"], "NEW");
-    assert_eq!(b["template"], template.as_str());
+    // The root password is a credential: stored and returned redacted.
+    assert_eq!(b["template"], template.replace(&rootpw, "REDACTED").as_str());
     for key in ["percent_complete", "status_detail", "parameters", "properties", "icicle"] {
         assert!(b.get(key).is_some(), "POST answer lacks {key}: {b}");
     }
@@ -51,6 +53,12 @@ fn base_image_lifecycle_raw_image_range_build_log_and_delete() {
     assert_eq!(img["status_detail"]["activity"], "Base Image build complete");
     assert!(img["status_detail"]["error"].is_null(), "{img}");
     assert!(img["icicle"].as_str().is_some_and(|s| s.contains("<icicle>")), "MockOS icicle missing: {img}");
+    // The plugin was handed the password as given; no answer, record or log holds it.
+    let log = d.build_log("base_images", &id);
+    assert!(log.contains(&format!("given a root password of {} characters", rootpw.len())), "{log}");
+    assert!(!log.contains(&rootpw) && !img.to_string().contains(&rootpw), "the root password leaked");
+    let meta = std::fs::read_to_string(d.storage().join(format!("{id}.meta"))).expect("the .meta file");
+    assert!(!meta.contains(&rootpw), "the root password is in the stored record");
     // A base image shows its target images under the nested wrapper, empty for now.
     assert_eq!(img["target_images"], json!({"target_images": []}));
 
@@ -475,7 +483,7 @@ fn form_encoded_bodies_are_accepted_as_the_original_did() {
     r.expect(202);
     let id = r.json()["base_image"]["id"].as_str().unwrap().to_string();
     let img = d.wait_complete(&id, "base_images");
-    assert_eq!(img["template"], mock_tdl().as_str());
+    assert_eq!(img["template"], mock_tdl().replace("changeme", "REDACTED").as_str());
     assert_eq!(img["parameters"]["mock_progress_steps"], 3);
     assert!(d.build_log("base_images", &id).contains("step 3 of 3"));
     // An XML body is refused clearly, not with a 500.

@@ -74,7 +74,16 @@ struct Build<'a> {
     job: &'a Job,
     /// Secrets of this build, scrubbed from every log line.
     secrets: Vec<String>,
+    /// When percent_complete was last persisted, and the value a throttled report left
+    /// unpersisted (see [`Build::percent`]).
+    last_percent: std::cell::Cell<(Option<std::time::Instant>, u8)>,
 }
+
+/// How often a stream of progress reports may be written to the store. Every persist
+/// is two fsyncs under the engine's write lock: a plugin reporting per MiB would
+/// otherwise spend its time waiting on the disk (one second a report was seen on a
+/// loaded host).
+const PERCENT_PERSIST_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     let span = tracing::info_span!("build", image = %id);
@@ -84,12 +93,14 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
         inner.finish_job(id);
         return;
     };
-    let secrets = match &plan {
+    let mut secrets = match &plan {
         Plan::Push { credentials, .. } | Plan::Snapshot { credentials, .. } => vec![credentials.clone()],
         Plan::Delete { provider: Some((_, _, credentials, _)), .. } => vec![credentials.clone()],
         _ => Vec::new(),
     };
-    let build = Build { inner, id, job, secrets };
+    let template = inner.store.get(id).and_then(|r| inner.template_of(&r));
+    secrets.extend(template.as_deref().and_then(crate::template::root_password));
+    let build = Build { inner, id, job, secrets, last_percent: std::cell::Cell::new((None, 0)) };
     let is_delete = matches!(plan, Plan::Delete { .. });
     let outcome = match plan {
         Plan::Base { plugin } => build.base(&plugin),
@@ -126,7 +137,11 @@ impl Build<'_> {
     /// Names the sub-task now under way (persisted, so GET shows it).
     fn activity(&self, activity: &str) {
         self.log("INFO", activity);
-        self.update(|r| r.status_detail.activity = activity.to_string());
+        let pct = self.pending_percent();
+        self.update(|r| {
+            r.status_detail.activity = activity.to_string();
+            r.percent_complete = r.percent_complete.max(pct);
+        });
     }
 
     fn set_status(&self, status: Status, activity: &str) {
@@ -137,9 +152,28 @@ impl Build<'_> {
         });
     }
 
-    /// Moves percent_complete forward (never back).
+    /// Moves percent_complete forward (never back). Reports are written at most every
+    /// [`PERCENT_PERSIST_INTERVAL`]; one that arrives sooner is kept and written with the
+    /// next status or activity change, or the next report after the interval. 100 is
+    /// always written at once.
     fn percent(&self, pct: u8) {
-        self.update(|r| r.percent_complete = r.percent_complete.max(pct.min(100)));
+        let pct = pct.min(100);
+        let (last, pending) = self.last_percent.get();
+        if pct <= pending {
+            return;
+        }
+        let due = last.is_none_or(|t| t.elapsed() >= PERCENT_PERSIST_INTERVAL);
+        if due || pct == 100 {
+            self.last_percent.set((Some(std::time::Instant::now()), pct));
+            self.update(|r| r.percent_complete = r.percent_complete.max(pct));
+        } else {
+            self.last_percent.set((last, pct));
+        }
+    }
+
+    /// The percent a throttled report left unwritten, for the next write to carry.
+    fn pending_percent(&self) -> u8 {
+        self.last_percent.get().1
     }
 
     fn log(&self, level: &str, line: &str) {
@@ -284,7 +318,7 @@ impl Build<'_> {
         let rec = self.current()?;
         let req = BaseImageRequest {
             image_id: self.id.to_string(),
-            template: rec.template.clone().unwrap_or_default(),
+            template: self.inner.template_of(&rec).unwrap_or_default(),
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
@@ -325,7 +359,7 @@ impl Build<'_> {
         let target = rec.target.clone().unwrap_or_default();
         self.set_status(Status::Building, &format!("Building {target} target image with {}", cloud.name));
         self.update(|r| r.icicle = base.icicle.clone());
-        let template = rec.template.clone().unwrap_or_default();
+        let template = self.inner.template_of(&rec).unwrap_or_default();
         let host_content = self.target_content(&target, &template);
         let hook = TargetHookRequest {
             image_id: self.id.to_string(),
@@ -396,7 +430,7 @@ impl Build<'_> {
             provider,
             credentials,
             target: rec.target.clone().unwrap_or_default(),
-            template: rec.template.clone().unwrap_or_default(),
+            template: self.inner.template_of(&rec).unwrap_or_default(),
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
@@ -415,7 +449,7 @@ impl Build<'_> {
             provider,
             credentials,
             target: rec.target.clone().unwrap_or_default(),
-            template: rec.template.clone().unwrap_or_default(),
+            template: self.inner.template_of(&rec).unwrap_or_default(),
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };

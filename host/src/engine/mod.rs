@@ -96,6 +96,10 @@ pub(crate) struct Inner {
     config: EngineConfig,
     slots: slots::Slots,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// Templates as given, for the builds that need them, by image id: records store
+    /// them with the root password redacted (see `template::redact_rootpw`). Kept until
+    /// the build ends; a build interrupted by a restart never needs it again.
+    plain_templates: Mutex<HashMap<String, String>>,
     /// Serializes read-modify-write of records.
     write_lock: Mutex<()>,
     /// Wakes waiters (parents, `wait_final`) when any record changes.
@@ -124,6 +128,7 @@ impl Engine {
                 config,
                 slots,
                 jobs: Mutex::new(HashMap::new()),
+                plain_templates: Mutex::new(HashMap::new()),
                 write_lock: Mutex::new(()),
                 changed: (Mutex::new(0), Condvar::new()),
             }),
@@ -449,7 +454,13 @@ impl Inner {
     ) -> Result<ImageRecord, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
         let mut rec = ImageRecord::new(kind, id.clone(), self.store.body_path(&id).to_string_lossy().into_owned());
-        rec.template = template;
+        if let Some(plain) = &template {
+            let stored = crate::template::redact_rootpw(plain);
+            if &stored != plain {
+                self.plain_templates.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), plain.clone());
+            }
+            rec.template = Some(stored);
+        }
         rec.parameters = stored_parameters(parameters);
         fill(&mut rec);
         self.store.add(&rec)?;
@@ -482,6 +493,13 @@ impl Inner {
         }
     }
 
+    /// The template image `id` was built from, as given (root password and all), while
+    /// its build runs; else as stored.
+    pub(crate) fn template_of(&self, rec: &ImageRecord) -> Option<String> {
+        let plain = self.plain_templates.lock().unwrap_or_else(|p| p.into_inner()).get(&rec.identifier).cloned();
+        plain.or_else(|| rec.template.clone())
+    }
+
     /// Asks a running build to stop and waits (bounded) for it to end.
     fn cancel_and_wait(&self, id: &str) {
         let job = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
@@ -500,6 +518,7 @@ impl Inner {
 
     fn finish_job(&self, id: &str) {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.plain_templates.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.notify();
     }
 

@@ -20,6 +20,13 @@ impl OsPlugin for MockOs {
     fn create_base_image(&self, host: &Host, req: BaseImageRequest) -> Result<BaseImageOutcome, PluginError> {
         mock_support::steer(host, &req.parameters, "MockOS", "create_base_image")?;
         host.activity("MockOS writing the base image body");
+        // Tells the tests the plugin was handed the template as given (not as stored,
+        // with the root password redacted) without logging the password itself.
+        if let Some(start) = req.template.find("<rootpw>") {
+            let rest = &req.template[start + "<rootpw>".len()..];
+            let len = rest.find("</rootpw>").unwrap_or(0);
+            host.info(&format!("MockOS was given a root password of {len} characters"));
+        }
         match req.parameters.get("mock_disk_mib") {
             None => std::fs::write(host.body_path(), format!("MockOS base_image file for id ({})", req.image_id))?,
             Some(v) => {
