@@ -138,10 +138,13 @@ ExecStart=/bin/sh -c \"echo {marker} > /dev/ttyS0\"\\n\\n[Install]\\nWantedBy=mu
     assert!(read_in_image(&image, "/boot/grub/grub.cfg").contains("console=ttyS0,115200n8"));
 
     // Boot from the disk, through GRUB, under TCG.
-    let serial = f.dir.path().join("serial.log");
-    let cfg = GuestConfig::boot_disk(&image, &serial, Accel::Tcg, BOOT_BOUND + Duration::from_secs(30));
+    let run_dir = f.dir.path().join("guest");
+    std::fs::create_dir(&run_dir).expect("a run directory");
+    let cfg =
+        GuestConfig::boot_disk("debian-boot-test", &image, &run_dir, Accel::Tcg, BOOT_BOUND + Duration::from_secs(30));
+    let serial = cfg.serial_log();
     let mut g = Guest::start(&cfg).expect("start qemu");
-    let pid = g.pid();
+    let pid = g.pid().expect("qemu's pid");
     let booted = g.wait_for_serial(&marker, BOOT_BOUND);
     drop(g);
     // SAFETY: signal 0 only checks whether the process exists.

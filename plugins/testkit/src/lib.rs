@@ -6,10 +6,13 @@
 //!   temporary directory, and [`Factory::run`] to drive the real CLI with a deadline;
 //! - [`services_dir`]: where scripts/setup.sh installs the services the tests start;
 //! - [`free_port`], [`ChildGuard`], [`wait_until`]: processes and waits that always end.
+//! - [`guestkit`]: the test kernel setup unpacks and busybox initramfs images for real
+//!   qemu guests.
 //!
 //! Everything here panics with a message that names the fix (run scripts/setup.sh, build
 //! the workspace): a test that needs a tool fails loudly, it never skips.
 
+pub mod guestkit;
 pub mod process;
 
 use std::net::TcpListener;
