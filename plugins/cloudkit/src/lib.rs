@@ -6,7 +6,9 @@
 //! - [`credentials::section`]: the `<provider_credentials><X_credentials>` document;
 //! - [`content::cloud_content`]: the in-image changes the original made for every cloud
 //!   (persistent network rules and MAC addresses removed, a cloud-info file written),
-//!   handed to the OS plugin's second stage as target content.
+//!   handed to the OS plugin's second stage as target content;
+//! - [`report::Report`]: where push and conversion code reports, so that benchmarks run
+//!   the same code a build runs.
 //!
 //! Each cloud plugin keeps what is its own (its service's protocol, its target format);
 //! only what every cloud needs the same way lives here.
@@ -14,6 +16,7 @@
 pub mod content;
 pub mod credentials;
 pub mod provider;
+pub mod report;
 mod secret;
 
 pub use secret::Secret;

@@ -21,7 +21,7 @@
 pub mod domain;
 pub mod ovf;
 pub mod provider;
-pub mod report;
+pub use cloudkit::report;
 pub mod target;
 
 use std::path::Path;

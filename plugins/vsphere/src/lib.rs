@@ -27,7 +27,7 @@
 pub mod ova;
 pub mod provider;
 pub mod push;
-pub mod report;
+pub use cloudkit::report;
 pub mod soap;
 pub mod target;
 pub mod vim;

@@ -1,4 +1,4 @@
-//! Where the plugin's work reports to: the host during a build, stderr in a benchmark.
+//! Where a cloud plugin's work reports to: the host during a build, stderr in a benchmark.
 //!
 //! The push and conversion code takes a `&dyn Report` instead of the host handle, so the
 //! benchmarks (and any other caller without a host) run exactly the code a build runs.
