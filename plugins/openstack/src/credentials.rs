@@ -28,31 +28,9 @@
 //! error message here quotes any part of the document: a malformed document is reported
 //! by line and column only, because the malformed part may be the password.
 
-use std::fmt;
-
 use roxmltree::Document;
 
-/// A password or token: shown as `***` by `Debug`, with no `Display` at all, so it
-/// cannot end up in a log line or an error message by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use cloudkit::Secret;
 
 /// How requests to Glance are authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
