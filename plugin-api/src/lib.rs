@@ -55,6 +55,7 @@ pub mod manifest;
 pub mod ops;
 pub mod sdk;
 pub mod tdl;
+pub mod xml;
 
 /// The version of the plugin interface this crate defines. A plugin records the version
 /// it was built against in its manifest; the loader compares it with the host's.

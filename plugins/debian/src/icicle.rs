@@ -2,6 +2,8 @@
 //! (`<icicle><description/><packages><package name="name-version.arch"/>...`), so tools
 //! that read the original's ICICLEs read these.
 
+use imagefactory_plugin_api::xml::escape;
+
 /// The `dpkg-query` format whose output [`from_dpkg_query`] reads.
 pub const DPKG_QUERY_FORMAT: &str = "${Package} ${Version} ${Architecture}\\n";
 
@@ -34,22 +36,6 @@ pub fn from_dpkg_query(output: &str, description: Option<&str>, extra: Option<&s
     }
     xml.push_str("</icicle>");
     xml
-}
-
-/// XML text and attribute escaping.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! (Oz's `oz/icicle.rng`), made from the `rpm -qa` lines the `%post` printed.
 
 use crate::error::RedHatError;
+use imagefactory_plugin_api::xml::escape;
 
 /// The ICICLE of `packages` (`rpm -qa` lines) with the optional per-package lines of the
 /// template's `<icicle><extra_command>` (same order, same count, as Oz requires).
@@ -32,22 +33,6 @@ pub fn xml(packages: &[String], extra: Option<&[String]>, description: Option<&s
     }
     out.push_str("</packages></icicle>");
     Ok(out)
-}
-
-/// XML text and attribute escaping.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
