@@ -4,5 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo build --workspace
+# --all-targets: one build with the tests' dev-dependency features unified in, so the
+# test run reuses it (the plugins and the CLI the tests drive come from this build).
+cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast

@@ -43,13 +43,16 @@ pub fn workspace_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A file cargo built into `<target>/debug` (or its deps directory); fails loudly.
+/// A file cargo built into `<target>/debug` or its deps directory, the newer of the two
+/// (`cargo test` refreshes only the deps copy of a plugin); fails loudly when absent.
 pub fn built(name: &str) -> PathBuf {
     let debug = target_dir().join("debug");
-    for p in [debug.join(name), debug.join("deps").join(name)] {
-        if p.is_file() {
-            return p;
-        }
+    let newest = [debug.join(name), debug.join("deps").join(name)]
+        .into_iter()
+        .filter_map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).map(|t| (t, p)))
+        .max_by_key(|(t, _)| *t);
+    if let Some((_, p)) = newest {
+        return p;
     }
     panic!(
         "{name} is missing from {}: run `cargo build --workspace` first (this test runs the real CLI and plugins)",
@@ -111,7 +114,11 @@ impl Factory {
             std::fs::create_dir(dir.path().join(sub)).expect("create a test directory");
         }
         for so in plugins {
-            std::fs::copy(built(so), dir.path().join("plugins").join(so)).expect("copy a plugin");
+            // A hard link where it can be (a debug plugin with the AWS SDK is hundreds of MB).
+            let (from, to) = (built(so), dir.path().join("plugins").join(so));
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).expect("copy a plugin");
+            }
         }
         let mut conf = serde_json::json!({
             "plugins": dir.path().join("plugins"),
