@@ -44,6 +44,7 @@ exec chroot "$root" "$@""#;
 const ENTER_IMAGE: &str = r#"set -e
 image="$1"; offset="$2"; sizelimit="$3"; root="$4"; stage="$5"; shift 5
 mount -o loop,offset="$offset",sizelimit="$sizelimit" "$image" "$root"
+mkdir -p "$root/proc" "$root/sys" "$root/dev" "$root/run"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"

@@ -12,6 +12,10 @@ impl OsPlugin for FedoraOs {
     fn create_base_image(&self, host: &Host, req: BaseImageRequest) -> Result<BaseImageOutcome, PluginError> {
         redhat::create_base_image(host, &req, Family::Fedora)
     }
+
+    fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
+        redhat::create_target_image(host, &req)
+    }
 }
 
 /// Any Fedora version is routed here; unsupported ones get a one-line error naming what

@@ -30,7 +30,10 @@ pub mod install;
 pub mod iso;
 pub mod kickstart;
 pub mod password;
+pub mod target;
 pub mod treeinfo;
+
+pub use target::create_target_image;
 
 pub use distro::Family;
 pub use error::RedHatError;

@@ -12,6 +12,10 @@ impl OsPlugin for RhelOs {
     fn create_base_image(&self, host: &Host, req: BaseImageRequest) -> Result<BaseImageOutcome, PluginError> {
         redhat::create_base_image(host, &req, Family::Rhel)
     }
+
+    fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
+        redhat::create_target_image(host, &req)
+    }
 }
 
 /// Every OS name of the family (Oz's `RHEL-7`, `CentOS-7`, ..., and `Rocky-9`,
