@@ -49,7 +49,9 @@ pub fn built(name: &str) -> PathBuf {
     let debug = target_dir().join("debug");
     let newest = [debug.join(name), debug.join("deps").join(name)]
         .into_iter()
-        .filter_map(|p| std::fs::metadata(&p).ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).map(|t| (t, p)))
+        .filter_map(|p| {
+            std::fs::metadata(&p).ok().filter(|m| m.is_file()).and_then(|m| m.modified().ok()).map(|t| (t, p))
+        })
         .max_by_key(|(t, _)| *t);
     if let Some((_, p)) = newest {
         return p;
