@@ -7,7 +7,7 @@
 //! `cargo bench -p openstack-cloud-plugin --bench push_2g` (needs scripts/setup.sh's Glance).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::io::{Seek, SeekFrom, Write};
