@@ -12,12 +12,11 @@
 //! scripts/setup.sh (qemu-img, the moto venv); anything missing fails loudly.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ec2_cloud::aws::Aws;
@@ -340,69 +339,11 @@ fn without_cloud_changes_the_base_is_converted_directly() {
     assert!(failure(&bad).contains("ec2_flatten is not supported"), "{}", bad.stdout);
 }
 
-/// Forwards connections to moto; the first connection that carries a PutSnapshotBlock
-/// is cut after `cut_after` bytes, as a flaky network would.
-struct CuttingProxy {
-    endpoint: String,
-    cuts: Arc<AtomicUsize>,
-}
-
-impl CuttingProxy {
-    fn start(upstream: u16, cut_after: usize) -> CuttingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let endpoint = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-        let cuts = Arc::new(AtomicUsize::new(0));
-        let c = cuts.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let cuts = c.clone();
-                std::thread::spawn(move || proxy_one(client, upstream, cut_after, &cuts));
-            }
-        });
-        CuttingProxy { endpoint, cuts }
-    }
-}
-
-const PUT_BLOCK: &[u8] = b"PUT /snapshots/";
-
-fn proxy_one(mut client: TcpStream, upstream: u16, cut_after: usize, cuts: &AtomicUsize) {
-    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
-    let (Ok(mut up_read), Ok(mut client_write)) = (up.try_clone(), client.try_clone()) else { return };
-    let back = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut up_read, &mut client_write);
-        let _ = client_write.shutdown(std::net::Shutdown::Both);
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut seen, mut cutting) = (0usize, false);
-    loop {
-        let n = match client.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let starts = buf[..n].windows(PUT_BLOCK.len()).any(|w| w == PUT_BLOCK);
-        if !cutting && starts && cuts.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            cutting = true;
-            seen = 0;
-        }
-        seen += n;
-        if cutting && seen >= cut_after {
-            break;
-        }
-        if up.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = up.shutdown(std::net::Shutdown::Both);
-    let _ = client.shutdown(std::net::Shutdown::Both);
-    let _ = back.join();
-}
-
 #[test]
 fn a_cut_block_upload_is_tried_again() {
     let moto = Moto::start();
     let aws = moto.aws();
-    let proxy = CuttingProxy::start(moto.port, 100 * 1024);
+    let proxy = testkit::proxy::CuttingProxy::start(moto.port, b"PUT /snapshots/", 100 * 1024);
     let f = factory();
     let base = base(&f);
     let tid = ok(&target(&f, &base, &[("cloud_modifications", "no")]));

@@ -201,7 +201,7 @@ fn malformed_credentials_fail_in_one_line_without_the_password() {
 fn original_provider_shape_and_upload_retry_after_a_cut_connection() {
     let glance = GlanceServer::start();
     // The first PUT through this proxy is cut after 2 MiB: the plugin must try again.
-    let proxy = FlakyProxy::start(glance.port, 2 * MIB as usize);
+    let proxy = CuttingProxy::start(glance.port, b"PUT /v2/images/", 2 * MIB as usize);
     let proxy_port = proxy.endpoint.rsplit(':').next().expect("port").to_string();
     let f = Factory::new();
     let base = f.import_base();

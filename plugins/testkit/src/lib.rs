@@ -5,7 +5,8 @@
 //! - [`Factory`]: a private imagefactory (config, plugin directory, store, tmpdir) in one
 //!   temporary directory, and [`Factory::run`] to drive the real CLI with a deadline;
 //! - [`services_dir`]: where scripts/setup.sh installs the services the tests start;
-//! - [`free_port`], [`ChildGuard`], [`wait_until`]: processes and waits that always end.
+//! - [`free_port`], [`ChildGuard`], [`wait_until`]: processes and waits that always end;
+//! - [`proxy::CuttingProxy`]: a loopback proxy that breaks one upload, for retry tests.
 //! - [`guestkit`]: the test kernel setup unpacks and busybox initramfs images for real
 //!   qemu guests.
 //!
@@ -14,6 +15,7 @@
 
 pub mod guestkit;
 pub mod process;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

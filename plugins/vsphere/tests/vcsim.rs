@@ -197,7 +197,8 @@ fn wrong_password_bad_provider_and_snapshot_fail_in_one_line() {
 fn a_cut_upload_is_retried() {
     let password = unique_secret("retry");
     let sim = Vcsim::start(&password);
-    let proxy = FlakyProxy::start(&sim.endpoint, 2 * MIB as usize);
+    let sim_port: u16 = sim.endpoint.rsplit(':').next().and_then(|p| p.parse().ok()).expect("the simulator's port");
+    let proxy = testkit::proxy::CuttingProxy::start(sim_port, b"PUT /folder/", 2 * MIB as usize);
     let f = factory();
     let base = mock_base(&f, 64);
     // A standard VMDK keeps the mock disk's random data uncompressed: several MiB to send.

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha512};
 
 pub const MIB: u64 = 1024 * 1024;
 
+pub use testkit::proxy::CuttingProxy;
 pub use testkit::{built, free_port};
 
 /// The Glance venv scripts/setup.sh installs: `$IMAGEFACTORY_GLANCE_VENV`, else
@@ -318,70 +319,6 @@ fn answer_keystone(stream: TcpStream, user: &str, password: &str, project: &str,
     };
     let _ = out.write_all(resp.as_bytes());
     ok
-}
-
-// -------------------------------------------------------------------------------------
-// A proxy that breaks the first upload
-
-/// Forwards connections to `upstream`; the first connection that starts a `PUT` is cut
-/// after `cut_after` bytes of the request, as a flaky network would.
-pub struct FlakyProxy {
-    pub endpoint: String,
-    pub cuts: Arc<AtomicUsize>,
-}
-
-impl FlakyProxy {
-    pub fn start(upstream_port: u16, cut_after: usize) -> FlakyProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let endpoint = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-        let cuts = Arc::new(AtomicUsize::new(0));
-        let c = cuts.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let cuts = c.clone();
-                std::thread::spawn(move || proxy_one(client, upstream_port, cut_after, &cuts));
-            }
-        });
-        FlakyProxy { endpoint, cuts }
-    }
-}
-
-/// The start of an upload request.
-const PUT: &[u8] = b"PUT /v2/images/";
-
-fn proxy_one(mut client: TcpStream, upstream_port: u16, cut_after: usize, cuts: &AtomicUsize) {
-    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else { return };
-    let (Ok(mut up_read), Ok(mut client_write)) = (upstream.try_clone(), client.try_clone()) else { return };
-    let back = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut up_read, &mut client_write);
-        let _ = client_write.shutdown(std::net::Shutdown::Both);
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut seen = 0usize;
-    let mut cutting = false;
-    loop {
-        let n = match client.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // Connections are reused, so the PUT may follow other requests on this one.
-        let starts_put = buf[..n].windows(PUT.len()).any(|w| w == PUT);
-        if !cutting && starts_put && cuts.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            cutting = true;
-            seen = 0;
-        }
-        seen += n;
-        if upstream.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        if cutting && seen >= cut_after {
-            break;
-        }
-    }
-    let _ = upstream.shutdown(std::net::Shutdown::Both);
-    let _ = client.shutdown(std::net::Shutdown::Both);
-    let _ = back.join();
 }
 
 // -------------------------------------------------------------------------------------

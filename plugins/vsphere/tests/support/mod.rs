@@ -4,12 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -201,66 +199,6 @@ pub fn assert_secret_nowhere(f: &Factory, runs: &[&testkit::Run], secret: &str) 
     for r in runs {
         assert!(!r.stdout.contains(secret) && !r.stderr.contains(secret), "the secret is in the CLI output");
     }
-}
-
-/// Forwards connections to `upstream`; the first connection carrying a datastore `PUT`
-/// is cut after `cut_after` bytes, as a flaky network would.
-pub struct FlakyProxy {
-    pub endpoint: String,
-    pub cuts: Arc<AtomicUsize>,
-}
-
-impl FlakyProxy {
-    pub fn start(upstream: &str, cut_after: usize) -> FlakyProxy {
-        let port: u16 = upstream.rsplit(':').next().and_then(|p| p.parse().ok()).expect("upstream port");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let endpoint = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-        let cuts = Arc::new(AtomicUsize::new(0));
-        let c = cuts.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let cuts = c.clone();
-                std::thread::spawn(move || proxy_one(client, port, cut_after, &cuts));
-            }
-        });
-        FlakyProxy { endpoint, cuts }
-    }
-}
-
-const PUT: &[u8] = b"PUT /folder/";
-
-fn proxy_one(mut client: TcpStream, upstream_port: u16, cut_after: usize, cuts: &AtomicUsize) {
-    let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else { return };
-    let (Ok(mut up_read), Ok(mut client_write)) = (upstream.try_clone(), client.try_clone()) else { return };
-    let back = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut up_read, &mut client_write);
-        let _ = client_write.shutdown(std::net::Shutdown::Both);
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut seen = 0usize;
-    let mut cutting = false;
-    loop {
-        let n = match client.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let starts_put = buf[..n].windows(PUT.len()).any(|w| w == PUT);
-        if !cutting && starts_put && cuts.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            cutting = true;
-            seen = 0;
-        }
-        seen += n;
-        if upstream.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        if cutting && seen >= cut_after {
-            break;
-        }
-    }
-    let _ = upstream.shutdown(std::net::Shutdown::Both);
-    let _ = client.shutdown(std::net::Shutdown::Both);
-    let _ = back.join();
 }
 
 /// The path of a file in the factory's dir.
