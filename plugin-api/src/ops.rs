@@ -266,6 +266,29 @@ pub struct ShouldCreate {
     pub create: bool,
 }
 
+/// A boolean parameter ([`parameter_as_bool`]), `default` when absent; anything that is
+/// not a boolean is a one-line error naming the key.
+pub fn parameter_flag(parameters: &Parameters, key: &str, default: bool) -> Result<bool, String> {
+    match (parameters.get(key), parameter_as_bool(parameters, key)) {
+        (None, _) => Ok(default),
+        (Some(_), Some(b)) => Ok(b),
+        (Some(v), None) => Err(format!("{key} must be true or false, not {v}")),
+    }
+}
+
+/// A whole-number parameter from 1 to `max` (a JSON number or a string of digits),
+/// `default` when absent; anything else is a one-line error naming the key.
+pub fn parameter_number(parameters: &Parameters, key: &str, default: u64, max: u64) -> Result<u64, String> {
+    match parameters.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| format!("{key} must be a whole number from 1 to {max}, not {v}")),
+    }
+}
+
 /// Reads a boolean parameter the way the original did: JSON booleans and numbers, or the
 /// strings yes/true/1 and no/false/0 in any case. Anything else is `None`.
 pub fn parameter_as_bool(parameters: &Parameters, key: &str) -> Option<bool> {

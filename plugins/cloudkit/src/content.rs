@@ -11,7 +11,7 @@
 //! then convert straight from the base image, without a copy.
 
 use imagefactory_plugin_api::ops::TargetContent;
-use imagefactory_plugin_api::ops::{parameter_as_bool, ContentCommand, ContentEncoding, ContentFile, Parameters};
+use imagefactory_plugin_api::ops::{parameter_flag, ContentCommand, ContentEncoding, ContentFile, Parameters};
 
 /// The file the original wrote for every cloud.
 pub const CLOUD_INFO_PATH: &str = "/etc/sysconfig/cloud-info";
@@ -25,11 +25,7 @@ if [ -f \"$f\" ]; then sed -i '/^HWADDR=/d' \"$f\"; fi; done; true";
 /// Whether the common cloud changes are wanted (parameter `cloud_modifications`, default
 /// true). A value that is not a boolean is an error naming it.
 pub fn cloud_modifications_wanted(parameters: &Parameters) -> Result<bool, String> {
-    match (parameters.get("cloud_modifications"), parameter_as_bool(parameters, "cloud_modifications")) {
-        (None, _) => Ok(true),
-        (Some(_), Some(b)) => Ok(b),
-        (Some(v), None) => Err(format!("cloud_modifications must be true or false, not {v}")),
-    }
+    parameter_flag(parameters, "cloud_modifications", true)
 }
 
 /// The common changes for `target`, or nothing when `cloud_modifications` is false.

@@ -43,25 +43,6 @@ fn domain_error(e: domain::DomainError) -> PluginError {
     }
 }
 
-fn number(p: &Parameters, key: &str, default: u64, max: u64) -> Result<u64, PluginError> {
-    match p.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| PluginError::new(format!("{key} must be a whole number from 1 to {max}, not {v}"))),
-    }
-}
-
-fn flag(p: &Parameters, key: &str) -> Result<bool, PluginError> {
-    match (p.get(key), parameter_as_bool(p, key)) {
-        (None, _) => Ok(false),
-        (Some(_), Some(b)) => Ok(b),
-        (Some(v), None) => Err(PluginError::new(format!("{key} must be true or false, not {v}"))),
-    }
-}
-
 fn template_name(template: &str, fallback: &str) -> String {
     match Template::parse(template, &ParseOptions::default()) {
         Ok(t) if !t.name.trim().is_empty() => t.name.trim().to_string(),
@@ -119,7 +100,7 @@ impl CloudPlugin for Rhevm {
     fn push_image_to_provider(&self, host: &Host, req: PushRequest) -> Result<ProviderOutcome, PluginError> {
         let p = provider::parse(&req.provider).map_err(|e| PluginError::new(e.to_string()))?;
         let user = provider::credentials(&req.credentials).map_err(|e| PluginError::new(e.to_string()))?;
-        if flag(&req.parameters, "rhevm_import")? {
+        if parameter_flag(&req.parameters, "rhevm_import", false).map_err(PluginError::new)? {
             return Err(PluginError::new(
                 "rhevm_import: importing templates through the RHEV-M API is not implemented; \
                  push without it and import the template from the export domain in the engine",
@@ -128,8 +109,8 @@ impl CloudPlugin for Rhevm {
         let spec = domain::TemplateSpec {
             name: template_name(&req.template, &format!("factory-image-{}", req.image_id)),
             description: format!("Created by imagefactory from target image {}", req.target_image_id),
-            cpus: number(&req.parameters, "ovf_cpu_count", 1, 128)? as u32,
-            memory_mb: number(&req.parameters, "ovf_memory_mb", 512, 4 << 20)?,
+            cpus: parameter_number(&req.parameters, "ovf_cpu_count", 1, 128).map_err(PluginError::new)? as u32,
+            memory_mb: parameter_number(&req.parameters, "ovf_memory_mb", 512, 4 << 20).map_err(PluginError::new)?,
         };
         let (d, placed) = push_body(host, &p, Path::new(&req.target_body_path), &spec)?;
         let c = placed.copy;

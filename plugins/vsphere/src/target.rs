@@ -20,7 +20,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use imagefactory_plugin_api::ops::{
-    parameter_as_bool, ContentCommand, ContentEncoding, ContentFile, Parameters, TargetContent,
+    parameter_flag, parameter_number, ContentCommand, ContentEncoding, ContentFile, Parameters, TargetContent,
 };
 use imagefactory_plugin_api::sdk::PluginError;
 use imagefactory_plugin_api::tdl::{ParseOptions, Template};
@@ -62,25 +62,6 @@ fn string_param(p: &Parameters, key: &str) -> Result<Option<String>, PluginError
     }
 }
 
-fn number_param(p: &Parameters, key: &str, default: u64, max: u64) -> Result<u64, PluginError> {
-    match p.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| PluginError::new(format!("{key} must be a whole number from 1 to {max}, not {v}"))),
-    }
-}
-
-fn bool_param(p: &Parameters, key: &str) -> Result<bool, PluginError> {
-    match (p.get(key), parameter_as_bool(p, key)) {
-        (None, _) => Ok(false),
-        (Some(_), Some(b)) => Ok(b),
-        (Some(v), None) => Err(PluginError::new(format!("{key} must be true or false, not {v}"))),
-    }
-}
-
 /// Reads the target parameters (see the module documentation).
 pub fn spec(parameters: &Parameters) -> Result<TargetSpec, PluginError> {
     let vmdk = match string_param(parameters, "vsphere_vmdk_format")?.as_deref().map(str::to_ascii_lowercase) {
@@ -91,7 +72,7 @@ pub fn spec(parameters: &Parameters) -> Result<TargetSpec, PluginError> {
             return Err(PluginError::new(format!("vsphere_vmdk_format must be streaming or standard, not {other}")))
         }
     };
-    let ova = if bool_param(parameters, "vsphere_ova")? {
+    let ova = if parameter_flag(parameters, "vsphere_ova", false).map_err(PluginError::new)? {
         if vmdk == VmdkFormat::Standard {
             return Err(PluginError::new(
                 "vsphere_ova needs the streaming VMDK format (OVF packages carry streamOptimized disks)",
@@ -99,8 +80,8 @@ pub fn spec(parameters: &Parameters) -> Result<TargetSpec, PluginError> {
         }
         Some(OvaParams {
             name: string_param(parameters, "ovf_name")?,
-            cpus: number_param(parameters, "ovf_cpu_count", 1, 128)? as u32,
-            memory_mb: number_param(parameters, "ovf_memory_mb", 512, 4 << 20)?,
+            cpus: parameter_number(parameters, "ovf_cpu_count", 1, 128).map_err(PluginError::new)? as u32,
+            memory_mb: parameter_number(parameters, "ovf_memory_mb", 512, 4 << 20).map_err(PluginError::new)?,
             os_type: string_param(parameters, "vsphere_os_type")?.unwrap_or_else(|| "otherLinux64Guest".into()),
             network: string_param(parameters, "vsphere_network_name")?.unwrap_or_else(|| "VM Network".into()),
         })
