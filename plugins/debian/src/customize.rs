@@ -29,10 +29,9 @@ impl Staged {
         let n = STAGED.fetch_add(1, Ordering::Relaxed);
         let name = format!("imagefactory-{kind}-{}-{n}", std::process::id());
         if let Some(stage) = chroot.stage_dir() {
-            // An image: commands see the stage directory as /run/imagefactory.
-            let host = stage.join(&name);
-            std::fs::write(&host, bytes).map_err(|e| DiskError::io("cannot write", &host, e))?;
-            return Ok(Staged { host, guest: format!("/run/imagefactory/{name}") });
+            // An image: the file goes to the stage directory the commands see.
+            let guest = chroot.stage(&name, bytes)?;
+            return Ok(Staged { host: stage.join(&name), guest });
         }
         let tmp = chroot.root().join("tmp");
         let real_dir = std::fs::symlink_metadata(&tmp).map(|m| m.is_dir()).unwrap_or(false);

@@ -61,6 +61,9 @@ rc=$?
 umount -R "$root" || umount -R -l "$root"
 exit $rc"#;
 
+/// Where commands run in an image's root see the stage directory (ENTER_IMAGE mounts it).
+pub const GUEST_STAGE_DIR: &str = "/run/imagefactory";
+
 /// A partition of a disk image to enter ([`Chroot::on_image`]).
 #[derive(Debug, Clone)]
 pub struct ImagePartition {
@@ -70,7 +73,7 @@ pub struct ImagePartition {
     pub offset: u64,
     /// Its size in bytes.
     pub size: u64,
-    /// Host directory shown to commands as /run/imagefactory.
+    /// Host directory shown to commands as [`GUEST_STAGE_DIR`].
     pub stage: PathBuf,
 }
 
@@ -106,9 +109,20 @@ impl Chroot {
         &self.root
     }
 
-    /// For an image: the host directory commands see as /run/imagefactory.
+    /// For an image: the host directory commands see as [`GUEST_STAGE_DIR`].
     pub fn stage_dir(&self) -> Option<&Path> {
         self.image.as_ref().map(|p| p.stage.as_path())
+    }
+
+    /// For an image: writes `bytes` as `name` in the stage directory and returns the path
+    /// commands see it at. A directory root has no stage directory (an error).
+    pub fn stage(&self, name: &str, bytes: &[u8]) -> Result<String, DiskError> {
+        let dir = self
+            .stage_dir()
+            .ok_or_else(|| DiskError::Unexpected("only an image's root has a stage directory".into()))?;
+        let host = dir.join(name);
+        std::fs::write(&host, bytes).map_err(|e| DiskError::io("cannot write", &host, e))?;
+        Ok(format!("{GUEST_STAGE_DIR}/{name}"))
     }
 
     /// A command that runs `program args...` inside the root, with /proc, /sys and /dev

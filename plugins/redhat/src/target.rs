@@ -4,7 +4,7 @@
 //!
 //! The base body is copied sparsely (never modified) and its root file system entered with
 //! `diskimage`'s [`Chroot::on_image`]: loop-mounted in a private mount namespace only
-//! while each step runs, with the step's files shown at /run/imagefactory. The root is the
+//! while each step runs, with the step's files shown in its stage directory. The root is the
 //! largest Linux partition, or the whole disk when it has no partition table. Steps, in
 //! Oz's order: packages (`dnf`, else `yum`), files, commands. Needs root.
 
@@ -60,7 +60,6 @@ fn apply(host: &Host, req: &TargetImageRequest) -> Result<TargetImageOutcome, Di
         ));
     }
     let chroot = enter(host, &body)?;
-    let stage = chroot.stage_dir().map(Path::to_path_buf).unwrap_or_default();
     if !content.packages.is_empty() {
         host.activity(&format!("Installing {} packages for the {} target", content.packages.len(), req.target));
         let mut args = vec!["-c".to_string(), INSTALL.to_string(), "install".to_string()];
@@ -71,7 +70,7 @@ fn apply(host: &Host, req: &TargetImageRequest) -> Result<TargetImageOutcome, Di
         host.activity(&format!("Applying the {} target's files and commands", req.target));
     }
     for (i, f) in content.files.iter().enumerate() {
-        let staged = stage_bytes(&stage, &format!("file-{i}"), &decode(f.encoding, &f.file, &f.name)?)?;
+        let staged = chroot.stage(&format!("file-{i}"), &decode(f.encoding, &f.file, &f.name)?)?;
         let args = ["-c", WRITE_FILE, "write", staged.as_str(), f.name.as_str()];
         process::run(
             &format!("writing target file {}", f.name),
@@ -82,7 +81,7 @@ fn apply(host: &Host, req: &TargetImageRequest) -> Result<TargetImageOutcome, Di
     }
     for (i, c) in content.commands.iter().enumerate() {
         host.info(&format!("Running target command '{}'", c.name));
-        let staged = stage_bytes(&stage, &format!("command-{i}"), &decode(c.encoding, &c.command, &c.name)?)?;
+        let staged = chroot.stage(&format!("command-{i}"), &decode(c.encoding, &c.command, &c.name)?)?;
         process::run(
             &format!("target command '{}'", c.name),
             chroot.command("/bin/sh", [staged.as_str()]),
@@ -128,13 +127,6 @@ fn enter(host: &Host, image: &Path) -> Result<Chroot, DiskError> {
         std::fs::create_dir_all(d).map_err(|e| DiskError::io("cannot create", d, e))?;
     }
     Ok(Chroot::on_image(ImagePartition { image: image.to_path_buf(), offset, size: length, stage }, mountpoint))
-}
-
-/// Writes `bytes` into the stage directory; returns the path commands see.
-fn stage_bytes(stage: &Path, name: &str, bytes: &[u8]) -> Result<String, DiskError> {
-    let p = stage.join(name);
-    std::fs::write(&p, bytes).map_err(|e| DiskError::io("cannot write", &p, e))?;
-    Ok(format!("/run/imagefactory/{name}"))
 }
 
 fn decode(encoding: ContentEncoding, text: &str, name: &str) -> Result<Vec<u8>, DiskError> {
