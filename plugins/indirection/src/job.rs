@@ -23,10 +23,12 @@ use crate::error::IndirectionError;
 
 /// The command systemd runs at boot (`systemd.run=`): mounts the working disk read-only,
 /// copies the job out of it, unmounts it, and runs the job from /run.
-pub const KERNEL_RUN: &str = "/bin/sh -c 'mkdir -p /run/imagefactory/work && \
-mount -o ro /dev/vdb1 /run/imagefactory/work && \
-cp -a /run/imagefactory/work/.imagefactory/job /run/imagefactory/job && \
-umount /run/imagefactory/work && exec /bin/sh /run/imagefactory/job/run.sh'";
+/// Paths are relative to /run, the guest's tmpfs: `imagefactory/work` (the working disk's
+/// mountpoint) and `imagefactory/job` (the job's copy), as the job script's prelude names them.
+pub const KERNEL_RUN: &str = "/bin/sh -c 'cd /run && mkdir -p imagefactory/work && \
+mount -o ro /dev/vdb1 imagefactory/work && \
+cp -a imagefactory/work/.imagefactory/job imagefactory/job && \
+umount imagefactory/work && exec /bin/sh imagefactory/job/run.sh'";
 
 /// Where the job lives on the working disk, relative to its root.
 pub const JOB_DIR: &str = ".imagefactory/job";
@@ -80,9 +82,10 @@ pub fn parse(xml: &str) -> Result<tdl::Fragment, IndirectionError> {
 const PRELUDE: &str = r#"#!/bin/sh
 # Written by imagefactory's IndirectionCloud plugin. It runs once, as root, in the utility
 # VM; the VM powers off when it ends.
-J=/run/imagefactory/job
-W=/run/imagefactory/work
-S=/run/imagefactory/status
+R=/run/imagefactory
+J=$R/job
+W=$R/work
+S=$R/status
 export DEBIAN_FRONTEND=noninteractive
 mark() { echo "$M $*"; echo "$*" >> "$S"; }
 finish() {

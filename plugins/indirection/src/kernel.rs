@@ -256,7 +256,9 @@ mod tests {
         };
         let c = plan.cmdline();
         assert!(
-            c.starts_with("root=/dev/vda1 ro console=tty0 console=ttyS0,115200n8 systemd.run=\"/bin/sh -c 'mkdir"),
+            c.starts_with(
+                "root=/dev/vda1 ro console=tty0 console=ttyS0,115200n8 systemd.run=\"/bin/sh -c 'cd /run && mkdir"
+            ),
             "{c}"
         );
         assert!(
