@@ -42,20 +42,34 @@ pub fn kernel() -> KernelFiles {
 /// Makes sure libvirtd answers on its system socket, starting `virtlogd -d` and
 /// `libvirtd -d` when it does not (hosts without a service manager, like CI here); fails
 /// loudly when it cannot. A daemon it starts stays running for later tests.
+///
+/// Tests call this in parallel: one lock serializes the callers of a test binary, and a
+/// daemon whose start fails is still accepted when its socket answers soon after (another
+/// process started it first, and the loser of that race reports a pidfile error).
 pub fn ensure_libvirtd() {
-    let sockets = ["/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock"];
-    let answers = || sockets.iter().any(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
-    if answers() {
-        return;
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let daemons = [
+        ("virtlogd", ["/run/libvirt/virtlogd-sock", "/var/run/libvirt/virtlogd-sock"]),
+        ("libvirtd", ["/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock"]),
+    ];
+    for (daemon, sockets) in daemons {
+        let answers = || sockets.iter().any(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
+        if answers() {
+            continue;
+        }
+        let started = Command::new(daemon).arg("-d").status().is_ok_and(|s| s.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{daemon} does not answer on {} ({}; Debian package libvirt-daemon-system; run scripts/setup.sh)",
+                sockets[0],
+                if started { "started, but silent for 30 s".to_string() } else { format!("`{daemon} -d` failed") },
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
-    for daemon in ["virtlogd", "libvirtd"] {
-        let status = Command::new(daemon).arg("-d").status();
-        assert!(
-            status.is_ok_and(|s| s.success()),
-            "cannot start {daemon} (Debian package libvirt-daemon-system; run scripts/setup.sh)"
-        );
-    }
-    crate::wait_until(std::time::Duration::from_secs(30), "libvirtd answering on its socket", answers);
 }
 
 /// One entry of the archive.
