@@ -5,8 +5,10 @@
 // this file into $IMAGEFACTORY_SERVICES/vcsim/vcsim.
 //
 //	vcsim -listen 127.0.0.1:PORT -username USER -password PASS [-exit-on-eof]
+//	      [-cert CERT.pem -key KEY.pem]
 //
-// It listens on loopback only, accepts exactly the given credentials (a wrong password is
+// With -cert and -key it serves HTTPS with that certificate (as a vCenter with a VMCA-
+// signed certificate does), else plain HTTP. It listens on loopback only, accepts exactly the given credentials (a wrong password is
 // refused as a real vCenter would), prints "VCSIM_READY http://127.0.0.1:PORT/sdk" once
 // it answers, and exits on SIGTERM/SIGINT (or, with -exit-on-eof, when stdin closes, so
 // a test's simulator never outlives the test), removing its datastore directories
@@ -20,6 +22,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -41,6 +44,8 @@ func main() {
 	username := flag.String("username", "", "the only user name accepted")
 	password := flag.String("password", "", "the only password accepted")
 	watchStdin := flag.Bool("exit-on-eof", false, "exit when stdin reaches end of file (the parent died)")
+	certFile := flag.String("cert", "", "serve HTTPS with this PEM certificate (with -key)")
+	keyFile := flag.String("key", "", "the PEM private key of -cert")
 	flag.Parse()
 
 	host, _, err := net.SplitHostPort(*listen)
@@ -61,6 +66,16 @@ func main() {
 	defer model.Remove()
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
+	if (*certFile == "") != (*keyFile == "") {
+		log.Fatal("vcsim: -cert and -key go together")
+	}
+	if *certFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			log.Fatalf("vcsim: cannot load -cert/-key: %v", err)
+		}
+		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
 	server := model.Service.NewServer()
 	defer server.Close()
 	// No client knows the port before VCSIM_READY is printed, so swapping the handler

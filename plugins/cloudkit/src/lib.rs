@@ -4,6 +4,8 @@
 //! - [`provider::ProviderDoc`]: a provider definition in any of the original's shapes (a
 //!   name, a JSON object, an XML document), with the `endpoint` override;
 //! - [`credentials::section`]: the `<provider_credentials><X_credentials>` document;
+//! - [`http::agent`]: the HTTP agent of the plugins that speak HTTP themselves, with the
+//!   TLS trust (`ca_certificate`, `tls_verify`) a provider definition sets;
 //! - [`content::cloud_content`]: the in-image changes the original made for every cloud
 //!   (persistent network rules and MAC addresses removed, a cloud-info file written),
 //!   handed to the OS plugin's second stage as target content;
@@ -15,6 +17,7 @@
 
 pub mod content;
 pub mod credentials;
+pub mod http;
 pub mod provider;
 pub mod report;
 mod secret;

@@ -44,7 +44,12 @@ fn main() {
         }
     }
     let server = support::GlanceServer::start();
-    let g = Glance::new(glance::agent(), &server.endpoint, None, RetryPolicy::default());
+    let g = Glance::new(
+        glance::agent(&Default::default()).expect("an agent"),
+        &server.endpoint,
+        None,
+        RetryPolicy::default(),
+    );
     let create = |name: &str| {
         let body = json!({"name": name, "disk_format": "raw", "container_format": "bare"});
         let v = g.create_image(&body, &|| false, &mut |_| {}).expect("create an image");

@@ -14,17 +14,13 @@ use std::io::{self, BufReader, Read};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cloudkit::http::TlsTrust;
 use serde_json::Value;
 use sha2::{Digest, Sha512};
-use ureq::{Agent, AgentBuilder, ErrorKind, Response};
+use ureq::{Agent, ErrorKind, Response};
 
 use crate::credentials::{KeystonePassword, Secret};
 
-/// How long a connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one read or write on an open connection may stall (Glance hashes the whole
-/// upload before it answers the PUT, so this is generous).
-const IO_TIMEOUT: Duration = Duration::from_secs(300);
 /// The upload's read buffer: the only memory that grows with the transfer.
 const UPLOAD_BUFFER: usize = 1 << 20;
 /// At most this much of an error answer is read (Glance's are a few hundred bytes).
@@ -54,6 +50,9 @@ pub enum GlanceError {
         #[source]
         source: io::Error,
     },
+    /// The HTTP client could not be set up (the provider's TLS trust).
+    #[error("{0}")]
+    Tls(String),
     /// The build was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -94,34 +93,11 @@ pub struct Glance {
     retry: RetryPolicy,
 }
 
-/// The agent both services use: bounded timeouts and no redirects to other hosts
-/// (a token must only ever go to the endpoint it was meant for).
-pub fn agent() -> Agent {
-    AgentBuilder::new()
-        .timeout_connect(CONNECT_TIMEOUT)
-        .timeout_read(IO_TIMEOUT)
-        .timeout_write(IO_TIMEOUT)
-        .redirects(0)
-        .user_agent(concat!("imagefactory-openstack/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
-/// The one-line description of a transport failure, without the URL (callers name the
-/// endpoint themselves).
-fn transport_detail(t: &ureq::Transport) -> String {
-    let mut parts = vec![t.kind().to_string()];
-    if let Some(m) = t.message() {
-        parts.push(m.to_string());
-    }
-    let mut source = std::error::Error::source(t);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    one_line(&parts.join(": "))
+/// The agent both services use: bounded timeouts, no redirects to other hosts (a token
+/// must only ever go to the endpoint it was meant for), and the provider's TLS trust.
+pub fn agent(trust: &TlsTrust) -> Result<Agent, GlanceError> {
+    let product = concat!("imagefactory-openstack/", env!("CARGO_PKG_VERSION"));
+    cloudkit::http::agent(product, trust).map_err(GlanceError::Tls)
 }
 
 fn one_line(s: &str) -> String {
@@ -233,7 +209,7 @@ pub fn keystone_token(
                 return Err(GlanceError::Unreachable {
                     service: "Keystone",
                     endpoint: base.to_string(),
-                    detail: transport_detail(&t),
+                    detail: cloudkit::http::transport_detail(&t),
                 })
             }
         }
@@ -292,7 +268,7 @@ impl Glance {
             ureq::Error::Transport(t) => GlanceError::Unreachable {
                 service: "Glance",
                 endpoint: self.endpoint.clone(),
-                detail: transport_detail(&t),
+                detail: cloudkit::http::transport_detail(&t),
             },
         }
     }

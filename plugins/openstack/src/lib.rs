@@ -160,7 +160,10 @@ fn connect(
     provider: &provider::Provider,
     creds: &credentials::Credentials,
 ) -> Result<Glance, PluginError> {
-    let agent = glance::agent();
+    if provider.trust.is_unchecked() {
+        host.warn(&format!("the certificate of {} is not checked (tls_verify false)", provider.endpoint));
+    }
+    let agent = glance::agent(&provider.trust).map_err(glance_error)?;
     let retry = RetryPolicy::default();
     let token: Option<Secret> = match &creds.auth {
         Auth::NoAuth => None,

@@ -12,10 +12,15 @@
 //! - A plain name: `host` or `host:port` (port 9292 when absent), reached over http as
 //!   the original did.
 //!
+//! Two keys are not image properties but say which server certificates are accepted
+//! (see `cloudkit::http`): `ca_certificate`, the cloud's CA as PEM text or a PEM file's
+//! path, and `tls_verify: false`, which turns the check off. They apply to Keystone too.
+//!
 //! What describes the uploaded data (`disk_format`, `container_format`) and what Glance
 //! itself owns (`id`, `status`, `size`, checksums...) cannot be set here: the disk format
 //! always comes from the real body, so a definition cannot mislabel it.
 
+use cloudkit::http::{self, TlsTrust};
 use serde_json::{Map, Value};
 use url::Url;
 
@@ -29,6 +34,8 @@ pub struct Provider {
     pub endpoint: String,
     /// Image properties to set when the image is created.
     pub image_properties: Map<String, Value>,
+    /// Which server certificates Glance and Keystone may show.
+    pub trust: TlsTrust,
 }
 
 /// Why a provider definition cannot be used. One line.
@@ -79,7 +86,7 @@ pub fn parse(definition: &str) -> Result<Provider, ProviderError> {
         ));
     }
     let (host, port) = split_host_port(text)?;
-    Ok(Provider { endpoint: endpoint_from(&host, port)?, image_properties: Map::new() })
+    Ok(Provider { endpoint: endpoint_from(&host, port)?, image_properties: Map::new(), trust: TlsTrust::default() })
 }
 
 fn parse_json(text: &str) -> Result<Provider, ProviderError> {
@@ -91,6 +98,7 @@ fn parse_json(text: &str) -> Result<Provider, ProviderError> {
     let mut port = None;
     let mut endpoint = None;
     let mut image_properties = Map::new();
+    let trust = TlsTrust::from_fields(map.get(http::CA_FIELD), map.get(http::VERIFY_FIELD)).map_err(ProviderError)?;
     for (key, val) in map {
         match key.as_str() {
             "glance-host" => match val {
@@ -102,6 +110,7 @@ fn parse_json(text: &str) -> Result<Provider, ProviderError> {
                 Value::String(s) => endpoint = Some(normalize_endpoint(&s)?),
                 _ => return Err(ProviderError("endpoint must be a URL string".into())),
             },
+            http::CA_FIELD | http::VERIFY_FIELD => {}
             k if RESERVED.contains(&k) => {
                 return Err(ProviderError(format!(
                     "{k} cannot be set here (the plugin sets disk_format from the image itself; Glance owns the rest)"
@@ -132,7 +141,7 @@ fn parse_json(text: &str) -> Result<Provider, ProviderError> {
             return Err(ProviderError("it needs glance-host (and glance-port) or endpoint".into()));
         }
     };
-    Ok(Provider { endpoint, image_properties })
+    Ok(Provider { endpoint, image_properties, trust })
 }
 
 fn parse_port(val: &Value) -> Result<u16, ProviderError> {
@@ -222,6 +231,15 @@ mod tests {
     fn endpoint_overrides_host_and_drops_version_suffix() {
         let p = parse(r#"{"glance-host": "ignored", "endpoint": "https://cloud.example.com/image/v2/"}"#).unwrap();
         assert_eq!(p.endpoint, "https://cloud.example.com/image");
+    }
+
+    #[test]
+    fn tls_keys_are_not_image_properties() {
+        let p = parse(r#"{"endpoint": "https://cloud.example.com", "tls_verify": false, "os_distro": "x"}"#).unwrap();
+        assert!(p.trust.is_unchecked());
+        assert_eq!(p.image_properties.keys().collect::<Vec<_>>(), ["os_distro"]);
+        let e = parse(r#"{"endpoint": "https://h", "ca_certificate": "/nonexistent.pem"}"#).unwrap_err().to_string();
+        assert!(e.contains("ca_certificate: cannot read /nonexistent.pem"), "{e}");
     }
 
     #[test]

@@ -245,3 +245,46 @@ fn snapshot_builds_are_refused_in_one_line() {
     let msg = run.failure();
     assert!(msg.contains("Snapshot builds are not supported on OpenStack"), "{msg}");
 }
+
+/// Glance behind a private CA: refused until the provider definition names the CA
+/// (`ca_certificate`), then pushed and read back over HTTPS.
+#[test]
+fn a_private_ca_is_refused_until_the_provider_names_it() {
+    let ca = testkit::tls::LocalCa::new();
+    let glance = GlanceServer::start_tls(&ca);
+    assert!(glance.endpoint.starts_with("https://"), "{}", glance.endpoint);
+    let f = Factory::new();
+    let base = f.import_base();
+    let target = f.target(&base, TARGET, &[("cloud_modifications", "false")]);
+    target.expect_success();
+    let creds = f.file("noauth.xml", &noauth_credentials("unused"));
+
+    let refused = f.run(&[
+        "provider_image",
+        "--id",
+        &target.uuid(),
+        TARGET,
+        &provider_file(&f, &glance.endpoint),
+        path_str(&creds),
+    ]);
+    let msg = refused.failure();
+    assert!(msg.contains("invalid peer certificate") && msg.contains("ca_certificate"), "{msg}");
+
+    let provider = f.file(
+        "provider-ca.json",
+        &serde_json::json!({ "endpoint": glance.endpoint, "ca_certificate": path_str(&ca.ca_pem) }).to_string(),
+    );
+    let push = f.run(&["provider_image", "--id", &target.uuid(), TARGET, path_str(&provider), path_str(&creds)]);
+    push.expect_success();
+    let glance_id = push
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Image ID on provider: "))
+        .expect("an 'Image ID on provider' line")
+        .trim()
+        .to_string();
+    let image = glance.image(&glance_id).expect("the image is in Glance");
+    assert_eq!(image["status"], "active");
+    let (local_sha, _) = sha512_of(File::open(f.body(&target.uuid())).expect("open the body"));
+    assert_eq!(image["os_hash_value"].as_str(), Some(local_sha.as_str()));
+}

@@ -7,6 +7,7 @@
 //! - [`services_dir`]: where scripts/setup.sh installs the services the tests start;
 //! - [`free_port`], [`ChildGuard`], [`wait_until`]: processes and waits that always end;
 //! - [`proxy::CuttingProxy`]: a loopback proxy that breaks one upload, for retry tests.
+//! - [`tls::LocalCa`]: a private CA and a server certificate for HTTPS on loopback.
 //! - [`guestkit`]: the test kernel setup unpacks and busybox initramfs images for real
 //!   qemu guests.
 //!
@@ -16,6 +17,7 @@
 pub mod guestkit;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

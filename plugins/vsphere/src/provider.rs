@@ -6,6 +6,9 @@
 //! plus, optionally, `datacenter` (needed when the server has more than one),
 //! `username` (used when the credentials carry none, as the original did) and `endpoint`, a
 //! URL that overrides `api-url` (the tests' simulator on a random loopback port).
+//! The server's certificate is checked against the public roots; `ca_certificate` (PEM
+//! text or a PEM file's path) adds the vCenter's own CA, and `tls_verify: false` turns the
+//! check off (see `cloudkit::http`).
 //! `compute_resource` may be left out when the datacenter has exactly one; `network_name`
 //! may be left out for a VM without a network card. A `password` in the definition is
 //! refused: definitions are stored with the image, so a password goes in the credentials.
@@ -13,6 +16,7 @@
 //! Credentials: `<provider_credentials><vsphere_credentials><username>…</username>
 //! <password>…</password></vsphere_credentials></provider_credentials>`.
 
+use cloudkit::http::{self, TlsTrust};
 use cloudkit::provider::ProviderDoc;
 use cloudkit::Secret;
 
@@ -26,6 +30,8 @@ pub struct Provider {
     pub compute_resource: Option<String>,
     pub network_name: Option<String>,
     pub username: Option<String>,
+    /// Which server certificates are accepted.
+    pub trust: TlsTrust,
 }
 
 /// Why a provider definition or credentials cannot be used. One line, never a secret.
@@ -70,6 +76,8 @@ pub fn parse(definition: &str) -> Result<Provider, ProviderError> {
         compute_resource: doc.str("compute_resource"),
         network_name: doc.str("network_name"),
         username: doc.str("username"),
+        trust: TlsTrust::from_fields(doc.fields.get(http::CA_FIELD), doc.fields.get(http::VERIFY_FIELD))
+            .map_err(def)?,
     })
 }
 
@@ -124,6 +132,11 @@ mod tests {
         assert_eq!(p.base, "http://127.0.0.1:4000");
         let x = parse("<provider><api-url>vc.example.com:8443</api-url><datastore>d</datastore></provider>").unwrap();
         assert_eq!(x.base, "https://vc.example.com:8443");
+        assert!(!x.trust.is_unchecked());
+        let k =
+            parse("<provider><api-url>vc</api-url><datastore>d</datastore><tls_verify>false</tls_verify></provider>")
+                .unwrap();
+        assert!(k.trust.is_unchecked());
     }
 
     #[test]
@@ -134,6 +147,8 @@ mod tests {
             (r#"{"api-url": "https://vc/sdk"}"#, "datastore is missing"),
             (r#"{"api-url": "https://vc", "datastore": "d", "password": "pw1"}"#, "cannot be given here"),
             (r#"{"api-url": "ftp://vc", "datastore": "d"}"#, "http or https"),
+            (r#"{"api-url": "https://vc", "datastore": "d", "tls_verify": "perhaps"}"#, "tls_verify must be"),
+            (r#"{"api-url": "https://vc", "datastore": "d", "ca_certificate": "/nonexistent.pem"}"#, "cannot read"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(want) && !e.contains("pw1") && !e.contains('\n'), "{text}: {e}");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::ova;
 use crate::provider::{Credentials, Provider};
 use crate::report::Report;
-use crate::soap::{esc, transport_detail, MoRef, VimError};
+use crate::soap::{esc, MoRef, VimError};
 use crate::vim::Vim;
 
 /// What to create on the provider.
@@ -272,7 +272,7 @@ pub fn upload(
                 let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
                 format!("HTTP {code} {text}")
             }
-            Err(ureq::Error::Transport(t)) => transport_detail(&t),
+            Err(ureq::Error::Transport(t)) => cloudkit::http::transport_detail(&t),
         };
         if r.cancelled() {
             return Err(VimError::Cancelled);
@@ -339,7 +339,10 @@ fn config_spec(
 
 /// Connects and logs in.
 pub fn login(r: &dyn Report, p: &Provider, c: &Credentials) -> Result<Vim, VimError> {
-    let vim = Vim::connect(&p.base)?;
+    if p.trust.is_unchecked() {
+        r.warn(&format!("the certificate of {} is not checked (tls_verify false)", p.base));
+    }
+    let vim = Vim::connect(&p.base, &p.trust)?;
     r.activity(&format!("Logging in to {} at {} as {}", vim.sc.full_name, p.base, c.username));
     vim.login(&c.username, c.password.expose())?;
     Ok(vim)

@@ -9,10 +9,10 @@
 
 use std::io::Read;
 use std::sync::Mutex;
-use std::time::Duration;
 
+use cloudkit::http::TlsTrust;
 use cloudkit::Secret;
-use ureq::{Agent, AgentBuilder};
+use ureq::Agent;
 
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 const SOAP_ENV: &str = "http://schemas.xmlsoap.org/soap/envelope/";
@@ -21,8 +21,6 @@ pub const API_VERSION: &str = "6.5";
 /// At most this much of a SOAP answer is read (property answers for a few objects are a
 /// few KiB; the limit keeps a broken server from exhausting memory).
 const ANSWER_LIMIT: u64 = 32 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const IO_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What went wrong talking to vSphere. One line; never a credential.
 #[derive(Debug, thiserror::Error)]
@@ -175,16 +173,13 @@ pub struct Soap {
 }
 
 impl Soap {
-    /// A client for the server at `base` (`https://vcenter.example.com`, no path).
-    pub fn new(base: &str) -> Soap {
-        let agent = AgentBuilder::new()
-            .timeout_connect(CONNECT_TIMEOUT)
-            .timeout_read(IO_TIMEOUT)
-            .timeout_write(IO_TIMEOUT)
-            .redirects(0)
-            .user_agent(concat!("imagefactory-vsphere/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Soap { agent, base: base.trim_end_matches('/').to_string(), cookie: Mutex::new(None) }
+    /// A client for the server at `base` (`https://vcenter.example.com`, no path) that
+    /// accepts the certificates `trust` accepts. Fails only on a TLS set-up error.
+    pub fn new(base: &str, trust: &TlsTrust) -> Result<Soap, VimError> {
+        let product = concat!("imagefactory-vsphere/", env!("CARGO_PKG_VERSION"));
+        let agent = cloudkit::http::agent(product, trust)
+            .map_err(|detail| VimError::Unreachable { endpoint: base.to_string(), detail })?;
+        Ok(Soap { agent, base: base.trim_end_matches('/').to_string(), cookie: Mutex::new(None) })
     }
 
     pub fn base(&self) -> &str {
@@ -239,7 +234,10 @@ impl Soap {
                 };
             }
             Err(ureq::Error::Transport(t)) => {
-                return Err(VimError::Unreachable { endpoint: self.base.clone(), detail: transport_detail(&t) })
+                return Err(VimError::Unreachable {
+                    endpoint: self.base.clone(),
+                    detail: cloudkit::http::transport_detail(&t),
+                })
             }
         };
         if let Some(set) = resp.header("Set-Cookie") {
@@ -258,23 +256,6 @@ fn read_limited(resp: ureq::Response) -> Result<String, String> {
     let mut text = String::new();
     resp.into_reader().take(ANSWER_LIMIT).read_to_string(&mut text).map_err(|e| e.to_string())?;
     Ok(text)
-}
-
-/// The one-line description of a transport failure.
-pub fn transport_detail(t: &ureq::Transport) -> String {
-    let mut parts = vec![t.kind().to_string()];
-    if let Some(m) = t.message() {
-        parts.push(m.to_string());
-    }
-    let mut source = std::error::Error::source(t);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    one_line(&parts.join(": "))
 }
 
 /// Reads a SOAP answer: the body's first element, or the fault it carries.

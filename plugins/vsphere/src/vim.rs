@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use cloudkit::http::TlsTrust;
+
 use crate::soap::{esc, Elem, MoRef, Soap, VimError};
 
 /// What `RetrieveServiceContent` answers that the plugin uses.
@@ -41,9 +43,10 @@ fn moref_at(e: &Elem, name: &str) -> Result<MoRef, VimError> {
 }
 
 impl Vim {
-    /// Connects to `base` (`https://host[:port]`) and reads the service content.
-    pub fn connect(base: &str) -> Result<Vim, VimError> {
-        let soap = Soap::new(base);
+    /// Connects to `base` (`https://host[:port]`), accepting the certificates `trust`
+    /// accepts, and reads the service content.
+    pub fn connect(base: &str, trust: &TlsTrust) -> Result<Vim, VimError> {
+        let soap = Soap::new(base, trust)?;
         let r = soap.call("RetrieveServiceContent", "<_this type=\"ServiceInstance\">ServiceInstance</_this>")?;
         let rv = r.child("returnval").ok_or_else(|| VimError::BadAnswer {
             method: "RetrieveServiceContent".into(),

@@ -220,3 +220,47 @@ fn a_cut_upload_is_retried() {
     assert_eq!(sha256(&stored), sha256(&std::fs::read(f.body(&tid)).expect("body")));
     assert_secret_nowhere(&f, &[&push], &password);
 }
+
+/// A vCenter whose certificate a private CA signed: refused until the provider definition
+/// names the CA (`ca_certificate`), accepted with it, and with `tls_verify` false.
+#[test]
+fn a_private_ca_is_refused_until_the_provider_names_it() {
+    let password = unique_secret("tls");
+    let ca = testkit::tls::LocalCa::new();
+    let sim = Vcsim::start_tls(&password, &ca);
+    assert!(sim.endpoint.starts_with("https://"), "{}", sim.endpoint);
+    let f = factory();
+    let base = mock_base(&f, 16);
+    let t = target(&f, &base, &[("cloud_modifications", "false")]);
+    expect_success(&t);
+    let tid = uuid(&t);
+    let creds = f.file("creds.xml", &credentials(USER, &password));
+    let with_ca: serde_json::Value = serde_json::from_str(&sim.provider_json(None)).expect("provider JSON");
+
+    let no_ca = f.file("no-ca.json", &no_ca_value(&with_ca).to_string());
+    let refused = run(&f, &["provider_image", "--id", &tid, TARGET, path_str(&no_ca), path_str(&creds)]);
+    let msg = refused.failure().expect("a failure line");
+    assert!(msg.contains("invalid peer certificate") && msg.contains("ca_certificate"), "{msg}");
+
+    let trusted = f.file("ca.json", &with_ca.to_string());
+    let push = run(&f, &["provider_image", "--id", &tid, TARGET, path_str(&trusted), path_str(&creds)]);
+    expect_success(&push);
+    let pid = uuid(&push);
+    assert!(sim.find_vm(&format!("factory-image-{pid}")).is_some(), "the VM is not in vSphere after push");
+
+    let mut unchecked = no_ca_value(&with_ca);
+    unchecked["tls_verify"] = false.into();
+    let unchecked = f.file("unchecked.json", &unchecked.to_string());
+    let push2 = run(&f, &["provider_image", "--id", &tid, TARGET, path_str(&unchecked), path_str(&creds)]);
+    expect_success(&push2);
+    let log = f.build_log(&uuid(&push2));
+    assert!(log.contains("is not checked (tls_verify false)"), "no warning in the log:\n{log}");
+
+    assert_secret_nowhere(&f, &[&t, &refused, &push, &push2], &password);
+}
+
+fn no_ca_value(provider: &serde_json::Value) -> serde_json::Value {
+    let mut p = provider.clone();
+    p.as_object_mut().expect("an object").remove("ca_certificate");
+    p
+}

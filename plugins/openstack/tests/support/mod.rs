@@ -70,7 +70,11 @@ pub fn wait_with_deadline(child: &mut Child, timeout: Duration, what: &str) -> E
 
 /// One HTTP request on loopback with a plain TcpStream-free client (ureq), any status.
 pub fn http(method: &str, url: &str) -> (u16, Vec<u8>) {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    request(&ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build(), method, url)
+}
+
+/// One HTTP request through `agent`, any status.
+pub fn request(agent: &ureq::Agent, method: &str, url: &str) -> (u16, Vec<u8>) {
     let resp = match agent.request(method, url).call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -115,10 +119,22 @@ pub struct GlanceServer {
     child: Option<Child>,
     pub port: u16,
     pub endpoint: String,
+    /// The CA of the server's certificate, when it serves HTTPS.
+    pub ca_pem: Option<PathBuf>,
 }
 
 impl GlanceServer {
+    /// Glance over plain HTTP.
     pub fn start() -> GlanceServer {
+        GlanceServer::start_with(None)
+    }
+
+    /// Glance over HTTPS, with a server certificate `ca` signed.
+    pub fn start_tls(ca: &testkit::tls::LocalCa) -> GlanceServer {
+        GlanceServer::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&testkit::tls::LocalCa>) -> GlanceServer {
         let venv = glance_venv();
         let mut dir = tempfile::Builder::new().prefix("glance-").tempdir().expect("temp dir");
         let base = dir.path().to_path_buf();
@@ -171,11 +187,20 @@ impl GlanceServer {
                 .stdin(Stdio::null())
                 .stdout(log("gunicorn.out"))
                 .stderr(log("gunicorn.log"));
+            if let Some(ca) = ca {
+                cmd.arg("--certfile").arg(&ca.server_pem).arg("--keyfile").arg(&ca.server_key);
+            }
             // Its own process group, so the workers can be killed with the master.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let child = cmd.spawn().expect("start gunicorn");
-            let mut server =
-                GlanceServer { dir, child: Some(child), port, endpoint: format!("http://127.0.0.1:{port}") };
+            let scheme = if ca.is_some() { "https" } else { "http" };
+            let mut server = GlanceServer {
+                dir,
+                child: Some(child),
+                port,
+                endpoint: format!("{scheme}://127.0.0.1:{port}"),
+                ca_pem: ca.map(|c| c.ca_pem.clone()),
+            };
             if server.wait_ready(Duration::from_secs(90)) {
                 return server;
             }
@@ -189,7 +214,7 @@ impl GlanceServer {
     /// Polls `/versions` until Glance answers; false if gunicorn died or time ran out.
     fn wait_ready(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+        let agent = self.agent();
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut() {
                 if c.try_wait().ok().flatten().is_some() {
@@ -204,9 +229,16 @@ impl GlanceServer {
         false
     }
 
+    /// An agent that trusts this server's certificate.
+    pub fn agent(&self) -> ureq::Agent {
+        let ca = self.ca_pem.as_ref().map(|p| serde_json::Value::from(p.display().to_string()));
+        let trust = cloudkit::http::TlsTrust::from_fields(ca.as_ref(), None).expect("the test CA");
+        cloudkit::http::agent("openstack-test", &trust).expect("an agent")
+    }
+
     /// The image record, or `None` on 404.
     pub fn image(&self, id: &str) -> Option<serde_json::Value> {
-        let (status, body) = http("GET", &format!("{}/v2/images/{id}", self.endpoint));
+        let (status, body) = request(&self.agent(), "GET", &format!("{}/v2/images/{id}", self.endpoint));
         match status {
             200 => Some(serde_json::from_slice(&body).expect("image JSON")),
             404 => None,

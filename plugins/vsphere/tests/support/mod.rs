@@ -27,17 +27,33 @@ pub struct Vcsim {
     child: Option<Child>,
     pub endpoint: String,
     pub password: String,
+    /// The CA of the simulator's certificate, when it serves HTTPS.
+    pub ca_pem: Option<PathBuf>,
     _tmp: tempfile::TempDir,
 }
 
 impl Vcsim {
-    /// Starts `$IMAGEFACTORY_SERVICES/vcsim/vcsim` accepting `USER` / `password`.
+    /// Starts `$IMAGEFACTORY_SERVICES/vcsim/vcsim` accepting `USER` / `password`, over
+    /// plain HTTP.
     pub fn start(password: &str) -> Vcsim {
+        Vcsim::start_with(password, None)
+    }
+
+    /// The same over HTTPS, with the server certificate `ca` signed.
+    pub fn start_tls(password: &str, ca: &testkit::tls::LocalCa) -> Vcsim {
+        Vcsim::start_with(password, Some(ca))
+    }
+
+    fn start_with(password: &str, ca: Option<&testkit::tls::LocalCa>) -> Vcsim {
         let bin = testkit::service_path("vcsim/vcsim");
         let tmp = tempfile::Builder::new().prefix("vcsim-").tempdir().expect("a temp dir");
         let port = testkit::free_port();
-        let mut child = Command::new(bin)
-            .args(["-listen", &format!("127.0.0.1:{port}"), "-username", USER, "-password", password, "-exit-on-eof"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["-listen", &format!("127.0.0.1:{port}"), "-username", USER, "-password", password, "-exit-on-eof"]);
+        if let Some(ca) = ca {
+            cmd.arg("-cert").arg(&ca.server_pem).arg("-key").arg(&ca.server_key);
+        }
+        let mut child = cmd
             .env("TMPDIR", tmp.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -54,28 +70,35 @@ impl Vcsim {
                 }
             }
         });
-        let mut sim = Vcsim { child: Some(child), endpoint: String::new(), password: password.into(), _tmp: tmp };
+        let ca_pem = ca.map(|c| c.ca_pem.clone());
+        let mut sim =
+            Vcsim { child: Some(child), endpoint: String::new(), password: password.into(), ca_pem, _tmp: tmp };
         let url = rx.recv_timeout(Duration::from_secs(20)).expect("vcsim did not start within 20 s");
-        assert!(url.starts_with(&format!("http://127.0.0.1:{port}")), "vcsim answered {url}");
-        sim.endpoint = format!("http://127.0.0.1:{port}");
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        assert!(url.starts_with(&format!("{scheme}://127.0.0.1:{port}")), "vcsim answered {url}");
+        sim.endpoint = format!("{scheme}://127.0.0.1:{port}");
         sim
     }
 
     /// A provider definition file pointing at the simulator (or at `endpoint`).
+    /// Over HTTPS it names the simulator's CA as `ca_certificate`.
     pub fn provider_json(&self, endpoint: Option<&str>) -> String {
-        serde_json::json!({
+        let mut p = serde_json::json!({
             "api-url": "https://vcenter.invalid/sdk",
             "endpoint": endpoint.unwrap_or(&self.endpoint),
             "datastore": DATASTORE,
             "network_name": "VM Network",
             "compute_resource": "DC0_C0",
-        })
-        .to_string()
+        });
+        if let Some(ca) = &self.ca_pem {
+            p[cloudkit::http::CA_FIELD] = ca.display().to_string().into();
+        }
+        p.to_string()
     }
 
     /// A logged-in API connection for the test's own checks.
     pub fn api(&self) -> Vim {
-        let vim = Vim::connect(&self.endpoint).expect("connect to vcsim");
+        let vim = Vim::connect(&self.endpoint, &self.provider().trust).expect("connect to vcsim");
         vim.login(USER, &self.password).expect("log in to vcsim");
         vim
     }
@@ -92,7 +115,8 @@ impl Vcsim {
     /// GET of a datastore file: `Some(bytes)` or `None` for 404.
     pub fn datastore_file(&self, rel: &str) -> Option<Vec<u8>> {
         let url = format!("{}/folder/{rel}?dcPath={DATACENTER}&dsName={DATASTORE}", self.endpoint);
-        match ureq::get(&url).call() {
+        let agent = cloudkit::http::agent("vsphere-test", &self.provider().trust).expect("an agent");
+        match agent.get(&url).call() {
             Ok(r) => {
                 let mut v = Vec::new();
                 r.into_reader().read_to_end(&mut v).expect("read the datastore file");
