@@ -5,6 +5,19 @@
 
 use imagefactory_plugin_api::sdk::Host;
 
+/// This process's peak resident memory in KiB (Linux `VmHWM`): a push's log line shows
+/// it, so "uploads stream in constant memory" can be read off any build's log.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `"; worker peak RSS N MiB"` for the end of a push's log line, or nothing when unknown.
+pub fn peak_rss_note() -> String {
+    peak_rss_kib().map_or(String::new(), |k| format!("; worker peak RSS {:.1} MiB", k as f64 / 1024.0))
+}
+
 /// Activity, log lines, percent done, and the "was the build cancelled?" question.
 pub trait Report {
     fn activity(&self, line: &str);

@@ -10,7 +10,6 @@
 //! measurement is the median of `ROUNDS` runs, interleaved so that load from other jobs
 //! on this shared machine touches every variant alike.
 
-use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -61,24 +60,6 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
-fn make_base(path: &Path) {
-    let mut f = std::fs::File::create(path).expect("create the base image");
-    f.set_len(2 * GIB).expect("size the base image");
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut block = vec![0u8; MIB as usize];
-    for m in (0..2 * GIB / MIB).step_by(8) {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            chunk.copy_from_slice(&state.to_le_bytes());
-        }
-        f.seek(SeekFrom::Start(m * MIB)).expect("seek");
-        f.write_all(&block).expect("write data");
-    }
-    f.sync_all().expect("sync the base image");
-}
-
 fn plain_qemu_img(src: &Path, dst: &Path, args: &[&str], fsync: bool) -> Duration {
     let _ = std::fs::remove_file(dst);
     let t = Instant::now();
@@ -118,7 +99,7 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("convert-bench-").tempdir_in(std::env::temp_dir()).expect("tempdir");
     let base = dir.path().join("base.raw");
     let out = dir.path().join("out");
-    make_base(&base);
+    testkit::disk::SparseDisk::new(2048, 8).write(&base);
     let vs = variants();
     let mut baseline = Vec::new();
     let mut plain: Vec<Vec<Duration>> = vs.iter().map(|_| Vec::new()).collect();

@@ -31,25 +31,11 @@ fn sample_raw(dir: &Path) -> PathBuf {
     let text = b"imagefactory diskformat test block. ".repeat(8 * 1024);
     f.write_all(&text).unwrap();
     f.seek(SeekFrom::Start(20 * MIB)).unwrap();
-    f.write_all(&pseudo_random(2 * MIB as usize, 7)).unwrap();
+    f.write_all(&testkit::disk::pseudo_random(2 * MIB as usize, 7)).unwrap();
     f.seek(SeekFrom::Start(SIZE - 512)).unwrap();
     f.write_all(b"LAST-SECTOR").unwrap();
     f.sync_all().unwrap();
     path
-}
-
-/// Incompressible bytes without a random-number dependency (xorshift64).
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Compares two files chunk by chunk (never holding either whole).
@@ -228,7 +214,7 @@ fn cancel_kills_qemu_img_and_leaves_nothing() {
     let src = dir.path().join("big.raw");
     let mut f = File::create(&src).unwrap();
     for i in 0..64 {
-        f.write_all(&pseudo_random(4 * MIB as usize, i + 1)).unwrap();
+        f.write_all(&testkit::disk::pseudo_random(4 * MIB as usize, i + 1)).unwrap();
     }
     drop(f);
     let dst = dir.path().join("cancelled-dst.qcow2");

@@ -9,7 +9,7 @@
 //! Needs scripts/setup.sh (the moto venv). Environment: `EC2_BENCH_MIB` (image size,
 //! default 2048), `EC2_BENCH_CONCURRENCY` (default 8).
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ fn main() {
 
     let dir = tempfile::Builder::new().prefix("ec2-bench-").tempdir().expect("a temporary directory");
     let image = dir.path().join("disk.raw");
-    let data_mib = make_image(&image, size_mib);
+    let data_mib = testkit::disk::SparseDisk::new(size_mib, 7).write(&image);
     println!("image: {size_mib} MiB sparse raw, {data_mib} MiB of non-zero data");
 
     let moto = start_moto(dir.path());
@@ -114,29 +114,7 @@ fn child(args: &[String]) {
 }
 
 fn rss_mib() -> f64 {
-    ec2_cloud::peak_rss_kib().map_or(0.0, |k| k as f64 / 1024.0)
-}
-
-/// A sparse raw image: 1 MiB of pseudo-random data every 7 MiB; returns the data MiB.
-fn make_image(path: &Path, size_mib: u64) -> u64 {
-    let mut f = std::fs::File::create(path).expect("create the image");
-    f.set_len(size_mib * MIB).expect("size the image");
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut block = vec![0u8; MIB as usize];
-    let mut data = 0;
-    for m in (0..size_mib).step_by(7) {
-        for c in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.seek(SeekFrom::Start(m * MIB)).expect("seek");
-        f.write_all(&block).expect("write");
-        data += 1;
-    }
-    f.sync_all().expect("sync");
-    data
+    cloudkit::report::peak_rss_kib().map_or(0.0, |k| k as f64 / 1024.0)
 }
 
 /// moto_server on a free port (killed and reaped on drop).

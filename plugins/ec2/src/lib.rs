@@ -161,17 +161,6 @@ fn template_facts(template: &str) -> (Option<String>, Option<String>, String) {
     }
 }
 
-/// This process's peak resident memory in KiB (Linux `VmHWM`).
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn rss_note() -> String {
-    peak_rss_kib().map_or(String::new(), |k| format!("; worker peak RSS {:.1} MiB", k as f64 / 1024.0))
-}
-
 fn parse_request(
     provider: &str,
     credentials: &str,
@@ -295,7 +284,7 @@ impl Ec2 {
             mib / secs,
             stats.retries,
             if stats.retries == 1 { "y" } else { "ies" },
-            rss_note()
+            cloudkit::report::peak_rss_note()
         ));
         host.activity(&format!("Waiting for snapshot {} to complete", stats.snapshot_id));
         if let Err(e) = ami::wait_snapshot(aws, &stats.snapshot_id, opts.snapshot_timeout, &report) {
@@ -333,7 +322,7 @@ impl Ec2 {
                 mib / secs,
                 stats.retries,
                 if stats.retries == 1 { "y" } else { "ies" },
-                rss_note()
+                cloudkit::report::peak_rss_note()
             ));
         }
         let report = HostReport { host, lo: 80, hi: 94 };

@@ -10,7 +10,6 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::io::{Seek, SeekFrom, Write};
 use std::process::Command;
 use std::time::Instant;
 
@@ -19,30 +18,13 @@ use serde_json::json;
 
 const MIB: u64 = 1 << 20;
 
-fn vm_hwm_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("base.raw");
-    {
-        let mut f = std::fs::File::create(&image).expect("create");
-        f.set_len(2048 * MIB).expect("size");
-        let block = vec![0xA5u8; MIB as usize];
-        for m in (0..2048).step_by(8) {
-            f.seek(SeekFrom::Start(m * MIB)).expect("seek");
-            f.write_all(&block).expect("write");
-        }
-    }
+    testkit::disk::SparseDisk::new(2048, 8).write(&image);
     let server = support::GlanceServer::start();
     let g = Glance::new(
         glance::agent(&Default::default()).expect("an agent"),
@@ -56,12 +38,12 @@ fn main() {
         v["id"].as_str().expect("an id").to_string()
     };
 
-    let before = vm_hwm_kib();
+    let before = cloudkit::report::peak_rss_kib().unwrap_or(0);
     let id = create("bench-plugin");
     let t = Instant::now();
     let stats = g.upload(&id, &image, &mut |_| {}, &|| false, &mut |l| eprintln!("{l}")).expect("upload");
     let ours = t.elapsed();
-    let after = vm_hwm_kib();
+    let after = cloudkit::report::peak_rss_kib().unwrap_or(0);
 
     let id2 = create("bench-curl");
     let t = Instant::now();

@@ -146,13 +146,6 @@ fn image_name(template: &str, target_image_id: &str) -> String {
     }
 }
 
-/// This process's peak resident memory in KiB (Linux `VmHWM`), for the push's log line.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Glance at the provider's endpoint with the credentials' token (asking Keystone for
 /// one when they hold a password).
 fn connect(
@@ -292,7 +285,7 @@ impl OpenStack {
         }
         let secs = stats.elapsed.as_secs_f64().max(1e-6);
         let mib = stats.bytes as f64 / 1048576.0;
-        let rss = peak_rss_kib().map_or(String::new(), |k| format!("; worker peak RSS {:.1} MiB", k as f64 / 1024.0));
+        let rss = cloudkit::report::peak_rss_note();
         host.info(&format!(
             "uploaded {mib:.1} MiB to Glance in {secs:.2} s ({:.1} MiB/s, {} tr{}){rss}",
             mib / secs,

@@ -52,13 +52,7 @@ fn push_to_glance_download_back_and_delete() {
     let push = f.run(&["provider_image", "--id", &target, TARGET, &provider, path_str(&creds)]);
     push.expect_success();
     let pushed = push.uuid();
-    let glance_id = push
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Image ID on provider: "))
-        .expect("an 'Image ID on provider' line")
-        .trim()
-        .to_string();
+    let glance_id = push.provider_id();
     assert_eq!(glance_id.len(), 36, "not a Glance uuid: {glance_id}");
     assert_eq!(keystone.issued.load(Ordering::SeqCst), 1, "the push authenticated with Keystone once");
 
@@ -121,7 +115,7 @@ fn raw_and_compressed_targets() {
     let creds = f.file("noauth.xml", &noauth_credentials(&password));
     let push = f.run(&["provider_image", "--id", &raw.uuid(), TARGET, &provider, path_str(&creds)]);
     push.expect_success();
-    let id = push.stdout.lines().find_map(|l| l.strip_prefix("Image ID on provider: ")).expect("id").trim().to_string();
+    let id = push.provider_id();
     let image = glance.image(&id).expect("in Glance");
     assert_eq!(image["disk_format"], "raw", "disk_format comes from the real body");
     assert_eq!(image["size"].as_u64(), Some(64 * MIB));
@@ -222,7 +216,7 @@ fn original_provider_shape_and_upload_retry_after_a_cut_connection() {
     for l in log.lines().filter(|l| l.contains("uploaded ")) {
         eprintln!("{l}");
     }
-    let id = push.stdout.lines().find_map(|l| l.strip_prefix("Image ID on provider: ")).expect("id").trim().to_string();
+    let id = push.provider_id();
     let image = glance.image(&id).expect("in Glance");
     assert_eq!(image["status"], "active");
     assert_eq!(image["os_distro"], "mockos", "extra provider keys become image properties");
@@ -276,13 +270,7 @@ fn a_private_ca_is_refused_until_the_provider_names_it() {
     );
     let push = f.run(&["provider_image", "--id", &target.uuid(), TARGET, path_str(&provider), path_str(&creds)]);
     push.expect_success();
-    let glance_id = push
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Image ID on provider: "))
-        .expect("an 'Image ID on provider' line")
-        .trim()
-        .to_string();
+    let glance_id = push.provider_id();
     let image = glance.image(&glance_id).expect("the image is in Glance");
     assert_eq!(image["status"], "active");
     let (local_sha, _) = sha512_of(File::open(f.body(&target.uuid())).expect("open the body"));

@@ -5,8 +5,6 @@
 //! qcow2`; then the qcow2 is laid out in an export domain (volume, .meta, OVF) in a
 //! temporary directory, with its copy throughput and this process's peak RSS (VmHWM).
 
-use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -15,46 +13,10 @@ use rhevm_cloud::target::TargetSpec;
 
 const MIB: u64 = 1 << 20;
 
-fn make_disk(path: &Path) {
-    let mut f = std::fs::File::create(path).expect("create the disk");
-    f.set_len(2048 * MIB).expect("size the disk");
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; MIB as usize];
-    for i in 0..320u64 {
-        if i % 2 == 0 {
-            for c in block.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                c.copy_from_slice(&x.to_le_bytes());
-            }
-        } else {
-            let text = format!("imagefactory rhevm bench block {i} ");
-            for (j, b) in block.iter_mut().enumerate() {
-                *b = text.as_bytes()[j % text.len()];
-            }
-        }
-        f.seek(SeekFrom::Start(i * 6 * MIB)).expect("seek");
-        f.write_all(&block).expect("write");
-    }
-    f.sync_all().expect("sync");
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    kib as f64 / 1024.0
-}
-
 fn main() {
     let dir = tempfile::Builder::new().prefix("rhevm-bench-").tempdir().expect("temp dir");
     let src = dir.path().join("base.raw");
-    make_disk(&src);
+    testkit::disk::SparseDisk::new(2048, 6).blocks(320).alternate_text("rhevm bench").write(&src);
     let r = Stderr { verbose: false };
 
     let plain = dir.path().join("plain.qcow2");
@@ -85,11 +47,11 @@ fn main() {
         cpus: 1,
         memory_mb: 512,
     };
-    let before = peak_rss_mib();
+    let before = cloudkit::report::peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
     let t = Instant::now();
     let (_, placed) = rhevm_cloud::push_body(&r, &provider, &out, &spec).expect("layout");
     let layout = t.elapsed().as_secs_f64();
-    let after = peak_rss_mib();
+    let after = cloudkit::report::peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
     let c = placed.copy;
     println!("convert 2 GiB sparse (320 MiB data): qemu-img convert -O qcow2 baseline {base:.2} s");
     println!("  RHEV qcow2 compat 0.10 (plugin, with read-back and check): {conv:.2} s = {:.2}x baseline", conv / base);

@@ -7,6 +7,8 @@
 //! - [`services_dir`]: where scripts/setup.sh installs the services the tests start;
 //! - [`free_port`], [`ChildGuard`], [`wait_until`]: processes and waits that always end;
 //! - [`proxy::CuttingProxy`]: a loopback proxy that breaks one upload, for retry tests.
+//! - [`disk::SparseDisk`]: sparse raw disks with data at a stride, for conversions and
+//!   pushes;
 //! - [`tls::LocalCa`]: a private CA and a server certificate for HTTPS on loopback.
 //! - [`guestkit`]: the test kernel setup unpacks and busybox initramfs images for real
 //!   qemu guests.
@@ -14,6 +16,7 @@
 //! Everything here panics with a message that names the fix (run scripts/setup.sh, build
 //! the workspace): a test that needs a tool fails loudly, it never skips.
 
+pub mod disk;
 pub mod guestkit;
 pub mod process;
 pub mod proxy;

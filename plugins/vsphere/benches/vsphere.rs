@@ -6,8 +6,6 @@
 //! VMDK is pushed to govmomi's simulator (scripts/setup.sh builds it) and the upload's
 //! throughput and this process's peak RSS (VmHWM) are printed.
 
-use std::io::{Seek, SeekFrom, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,31 +15,6 @@ use vsphere_cloud::target::{OvaParams, TargetSpec, VmdkFormat};
 
 const MIB: u64 = 1 << 20;
 
-fn make_disk(path: &Path) {
-    let mut f = std::fs::File::create(path).expect("create the disk");
-    f.set_len(2048 * MIB).expect("size the disk");
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; MIB as usize];
-    for i in 0..320u64 {
-        if i % 2 == 0 {
-            for c in block.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                c.copy_from_slice(&x.to_le_bytes());
-            }
-        } else {
-            let text = format!("imagefactory vsphere bench block {i} ");
-            for (j, b) in block.iter_mut().enumerate() {
-                *b = text.as_bytes()[j % text.len()];
-            }
-        }
-        f.seek(SeekFrom::Start(i * 6 * MIB)).expect("seek");
-        f.write_all(&block).expect("write");
-    }
-    f.sync_all().expect("sync");
-}
-
 fn timed(what: &str, f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
@@ -50,14 +23,10 @@ fn timed(what: &str, f: impl FnOnce()) -> f64 {
     s
 }
 
-fn peak_rss_mib() -> f64 {
-    vsphere_cloud::push::peak_rss_kib().unwrap_or(0) as f64 / 1024.0
-}
-
 fn main() {
     let dir = tempfile::Builder::new().prefix("vsphere-bench-").tempdir().expect("temp dir");
     let src = dir.path().join("base.raw");
-    make_disk(&src);
+    testkit::disk::SparseDisk::new(2048, 6).blocks(320).alternate_text("vsphere bench").write(&src);
     let r = Stderr { verbose: false };
 
     let raw_out = dir.path().join("plain.raw");
@@ -129,10 +98,10 @@ fn main() {
     )
     .expect("creds");
     let creds: Credentials = creds;
-    let before = peak_rss_mib();
+    let before = cloudkit::report::peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
     let spec = vsphere_cloud::push::PushSpec::new("factory-image-bench");
     let pushed = vsphere_cloud::push::push(&r, &provider, &creds, &vmdk, &spec).expect("push");
-    let after = peak_rss_mib();
+    let after = cloudkit::report::peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
     let secs = pushed.elapsed.as_secs_f64();
     println!(
         "push {:.1} MiB to the simulator: {secs:.2} s = {:.1} MiB/s; peak RSS {before:.1} MiB before, {after:.1} MiB after",

@@ -407,7 +407,7 @@ fn push_logged_in(
         }
     };
     let secs = elapsed.as_secs_f64().max(1e-6);
-    let rss = peak_rss_kib().map_or(String::new(), |k| format!("; peak RSS {:.1} MiB", k as f64 / 1024.0));
+    let rss = cloudkit::report::peak_rss_note();
     r.info(&format!(
         "uploaded {:.1} MiB to {disk_path} in {secs:.2} s ({:.1} MiB/s, {attempts} tr{}){rss}",
         bytes as f64 / 1048576.0,
@@ -492,13 +492,6 @@ pub fn delete(
         r.warn(&format!("logging out of vSphere failed: {e}"));
     }
     result
-}
-
-/// This process's peak resident memory in KiB (Linux `VmHWM`).
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -380,6 +380,17 @@ impl Run {
             .to_string()
     }
 
+    /// The provider's image id from the "Image ID on provider: ..." line.
+    #[track_caller]
+    pub fn provider_id(&self) -> String {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Image ID on provider: "))
+            .unwrap_or_else(|| panic!("no 'Image ID on provider' line in the output:\n{}", self.stdout))
+            .trim()
+            .to_string()
+    }
+
     #[track_caller]
     pub fn expect_success(&self) -> &Run {
         assert!(
