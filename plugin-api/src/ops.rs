@@ -260,6 +260,14 @@ pub struct DeleteRequest {
     pub settings: Parameters,
 }
 
+impl DeleteRequest {
+    /// The image's id on the provider, trimmed; `None` when absent or blank (a push that
+    /// failed before the provider named the image).
+    pub fn provider_id(&self) -> Option<&str> {
+        self.identifier_on_provider.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+}
+
 /// Whether the target stage should run (`builder_should_create_target_image`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ShouldCreate {

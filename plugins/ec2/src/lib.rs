@@ -383,7 +383,7 @@ impl CloudPlugin for Ec2 {
     }
 
     fn delete_from_provider(&self, host: &Host, req: DeleteRequest) -> Result<(), PluginError> {
-        let ami_id = req.identifier_on_provider.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let ami_id = req.provider_id();
         let (provider, creds) = parse_request(&req.provider, &req.credentials)?;
         let aws = connect(&provider, &creds)?;
         let report = HostReport { host, lo: 0, hi: 99 };

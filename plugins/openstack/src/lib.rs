@@ -342,9 +342,7 @@ impl CloudPlugin for OpenStack {
 
     fn delete_from_provider(&self, host: &Host, req: DeleteRequest) -> Result<(), PluginError> {
         let id = req
-            .identifier_on_provider
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
+            .provider_id()
             .ok_or_else(|| PluginError::new("this provider image has no Glance image id to delete"))?;
         let (provider, creds) = parse_request(&req.provider, &req.credentials)?;
         let glance = connect(host, &provider, &creds)?;

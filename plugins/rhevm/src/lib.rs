@@ -152,9 +152,7 @@ impl CloudPlugin for Rhevm {
 
     fn delete_from_provider(&self, host: &Host, req: DeleteRequest) -> Result<(), PluginError> {
         let id = req
-            .identifier_on_provider
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
+            .provider_id()
             .ok_or_else(|| PluginError::new("this provider image has no RHEV-M template id to delete"))?;
         let p = provider::parse(&req.provider).map_err(|e| PluginError::new(e.to_string()))?;
         provider::credentials(&req.credentials).map_err(|e| PluginError::new(e.to_string()))?;

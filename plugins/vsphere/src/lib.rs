@@ -139,12 +139,7 @@ impl CloudPlugin for VSphere {
     }
 
     fn delete_from_provider(&self, host: &Host, req: DeleteRequest) -> Result<(), PluginError> {
-        let name = req
-            .identifier_on_provider
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| vm_name(&req.image_id));
+        let name = req.provider_id().map_or_else(|| vm_name(&req.image_id), str::to_string);
         let (p, c) = parse_request(&req.provider, &req.credentials)?;
         let timeout = task_timeout(&req.parameters)?;
         let found = push::delete(host, &p, &c, &name, timeout).map_err(vim_error)?;
