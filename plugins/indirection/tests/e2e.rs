@@ -17,7 +17,7 @@ use guest::{Boot, Guest, GuestConfig};
 use testkit::{built, target_dir, token, Factory, Run};
 
 /// How many tests below use the shared utility image (the last one removes it).
-const TESTS: usize = 6;
+const TESTS: usize = 7;
 const BUILD_BOUND: Duration = Duration::from_secs(2400);
 
 struct Shared {
@@ -499,5 +499,54 @@ fn an_unknown_utility_image_fails_at_once() {
         assert!(line.contains(&format!("utility image {missing} not found")), "{line}");
         assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
         nothing_left_in_tmp(f);
+    });
+}
+
+/// Cancel through the daemon: DELETE of a target image whose utility VM is running stops
+/// the VM, and afterwards no qemu process of it is alive, nothing of it is left in the
+/// work area or the store, and the utility image is untouched (its overlay is gone).
+#[test]
+fn deleting_a_building_target_stops_the_utility_vm_and_leaves_nothing() {
+    with_utility(|f, util| {
+        let util_body = f.body(util);
+        let util_before = std::fs::metadata(&util_body).expect("the utility body").modified().expect("mtime");
+        let (_daemon, api) = f.start_daemon();
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+        let body = serde_json::json!({"target_image": {"target": "indirection", "parameters": {
+            "utility_customizations": "<template><commands><command name='slow'>sleep 3600</command></commands></template>",
+            "input_image_device": "vdc",
+        }}});
+        let answer = agent
+            .post(&format!("{api}/base_images/{util}/target_images"))
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string())
+            .expect("POST a target image");
+        let created: serde_json::Value =
+            serde_json::from_str(&answer.into_string().expect("the answer")).expect("JSON");
+        let id = created["target_image"]["id"].as_str().expect("an id").to_string();
+        let dir = f.dir.path();
+        testkit::wait_until(Duration::from_secs(300), "the utility VM to start", || {
+            !testkit::process::qemu_processes_under(dir).is_empty()
+        });
+        let status = |id: &str| match agent.get(&format!("{api}/target_images/{id}")).call() {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("GET the target image: {e}"),
+        };
+        assert_eq!(status(&id), 200);
+
+        let started = std::time::Instant::now();
+        let r = agent.delete(&format!("{api}/target_images/{id}")).call().expect("DELETE");
+        assert_eq!(r.status(), 204);
+        testkit::wait_until(Duration::from_secs(60), "the image to be gone", || status(&id) == 404);
+        testkit::wait_until(Duration::from_secs(30), "its qemu to be gone", || {
+            testkit::process::qemu_processes_under(dir).is_empty()
+        });
+        println!("FIGURES: IndirectionCloud cancel to nothing left: {:.1} s", started.elapsed().as_secs_f64());
+        nothing_left_in_tmp(f);
+        let stored = f.stored_entries_of(&id);
+        assert!(stored.is_empty(), "left in the store: {stored:?}");
+        let util_after = std::fs::metadata(&util_body).expect("the utility body").modified().expect("mtime");
+        assert_eq!(util_before, util_after, "the utility image's body was written to");
     });
 }

@@ -6,27 +6,11 @@
 
 mod fixture;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use testkit::{built, free_port, wait_until, ChildGuard, Factory};
-
-/// Pids of qemu processes whose command line mentions `dir` (their files live there).
-fn qemu_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.first().is_some_and(|a| a.contains("qemu-system")) && args.iter().any(|a| a.contains(&needle)) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
+use testkit::process::qemu_processes_under as qemu_under;
+use testkit::{wait_until, Factory};
 
 fn json_of(r: ureq::Response) -> Value {
     serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null)
@@ -54,18 +38,8 @@ fn deleting_an_installing_image_stops_its_guest_and_leaves_nothing() {
         "",
     );
     let f = Factory::new(&["libfedora_os.so"], json!({"inactivity_timeout": 600, "timeout": 900}));
-    let port = free_port();
-    let mut cmd = Command::new(built("imagefactoryd"));
-    cmd.args(["--foreground", "--no_ssl", "--no_oauth", "--address", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--config")
-        .arg(&f.config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _daemon = ChildGuard::spawn(cmd, "imagefactoryd");
+    let (_daemon, base) = f.start_daemon();
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-    let base = format!("http://127.0.0.1:{port}/imagefactory");
-    wait_until(Duration::from_secs(30), "the daemon to answer", || agent.get(&base).call().is_ok());
 
     let created = json_of(
         agent
@@ -89,10 +63,6 @@ fn deleting_an_installing_image_stops_its_guest_and_leaves_nothing() {
     println!("cancel to nothing left: {:?}", started.elapsed());
     let left: Vec<_> = std::fs::read_dir(f.dir.path().join("tmp")).expect("tmp").flatten().collect();
     assert!(left.is_empty(), "left in the work area: {left:?}");
-    let stored: Vec<_> = std::fs::read_dir(f.storage())
-        .expect("storage")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(&id))
-        .collect();
+    let stored = f.stored_entries_of(&id);
     assert!(stored.is_empty(), "left in the store: {stored:?}");
 }

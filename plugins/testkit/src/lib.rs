@@ -153,6 +153,17 @@ impl Factory {
         std::fs::read_to_string(self.storage().join(format!("{id}.log"))).unwrap_or_default()
     }
 
+    /// Every entry of the store whose name holds `id` (its `.meta`, `.body`, `.log`,
+    /// `.files`): empty once the image is deleted.
+    pub fn stored_entries_of(&self, id: &str) -> Vec<PathBuf> {
+        std::fs::read_dir(self.storage())
+            .expect("the store")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(id))
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// The body file of image `id`.
     pub fn body(&self, id: &str) -> PathBuf {
         self.storage().join(format!("{id}.body"))
@@ -163,6 +174,25 @@ impl Factory {
         let p = self.dir.path().join(name);
         std::fs::write(&p, text).expect("write a test file");
         p
+    }
+
+    /// Starts `imagefactoryd` on this factory's config (plain HTTP, no OAuth, a free
+    /// loopback port) and waits until it listens. Returns the daemon, killed on drop, and
+    /// the API's base URL (`http://127.0.0.1:PORT/imagefactory`).
+    pub fn start_daemon(&self) -> (ChildGuard, String) {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(built("imagefactoryd"));
+        cmd.args(["--foreground", "--no_ssl", "--no_oauth", "--address", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let daemon = ChildGuard::spawn(cmd, "imagefactoryd");
+        wait_until(std::time::Duration::from_secs(30), "the daemon to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        (daemon, format!("http://127.0.0.1:{port}/imagefactory"))
     }
 
     /// Runs `imagefactory --config <conf> args...`, killed after `deadline`.

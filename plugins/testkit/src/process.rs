@@ -4,6 +4,22 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Pids of the qemu processes whose command line mentions `dir` (a test's factory: its
+/// guests' disks and sockets live there), to check that a cancel or failure left none.
+pub fn qemu_processes_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.first().is_some_and(|a| a.contains("qemu-system")) && args.iter().any(|a| a.contains(&needle)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// A child process killed and reaped when dropped.
 pub struct ChildGuard {
     child: Option<Child>,
