@@ -23,12 +23,12 @@ use crate::error::IndirectionError;
 
 /// The command systemd runs at boot (`systemd.run=`): mounts the working disk read-only,
 /// copies the job out of it, unmounts it, and runs the job from /run.
-/// Paths are relative to /run, the guest's tmpfs: `imagefactory/work` (the working disk's
+/// Paths are relative to /run, the guest's tmpfs: `imagefactory/disk` (the working disk's
 /// mountpoint) and `imagefactory/job` (the job's copy), as the job script's prelude names them.
-pub const KERNEL_RUN: &str = "/bin/sh -c 'cd /run && mkdir -p imagefactory/work && \
-mount -o ro /dev/vdb1 imagefactory/work && \
-cp -a imagefactory/work/.imagefactory/job imagefactory/job && \
-umount imagefactory/work && exec /bin/sh imagefactory/job/run.sh'";
+pub const KERNEL_RUN: &str = "/bin/sh -c 'cd /run && mkdir -p imagefactory/disk && \
+mount -o ro /dev/vdb1 imagefactory/disk && \
+cp -a imagefactory/disk/.imagefactory/job imagefactory/job && \
+umount imagefactory/disk && exec /bin/sh imagefactory/job/run.sh'";
 
 /// Where the job lives on the working disk, relative to its root.
 pub const JOB_DIR: &str = ".imagefactory/job";
@@ -84,7 +84,7 @@ const PRELUDE: &str = r#"#!/bin/sh
 # VM; the VM powers off when it ends.
 R=/run/imagefactory
 J=$R/job
-W=$R/work
+W=$R/disk
 S=$R/status
 export DEBIAN_FRONTEND=noninteractive
 mark() { echo "$M $*"; echo "$*" >> "$S"; }
