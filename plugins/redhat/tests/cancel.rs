@@ -26,17 +26,8 @@ fn get(agent: &ureq::Agent, url: &str) -> (u16, Value) {
 
 #[test]
 fn deleting_an_installing_image_stops_its_guest_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    fixture::write_tree(dir.path(), true);
-    let served = fixture::serve(dir.path());
     // The installer hangs idle: only the cancel can end this build in time.
-    let tdl = fixture::template(
-        "Fedora",
-        "40",
-        &format!("<install type='url'><url>{}</url></install>", served.url),
-        "<rootpw>pw</rootpw><kernelparam>fixture.mode=hang</kernelparam>",
-        "",
-    );
+    let (_dir, _served, tdl) = fixture::fedora_url_install("hang", "", "");
     let f = Factory::new(&["libfedora_os.so"], json!({"inactivity_timeout": 600, "timeout": 900}));
     let (_daemon, base) = f.start_daemon();
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();

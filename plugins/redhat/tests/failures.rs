@@ -27,28 +27,13 @@ fn assert_fails_with(f: &Factory, tdl: &str, expected: &[&str]) -> (Run, String)
     (run, id)
 }
 
-/// A Fedora 40 URL install from a fresh fixture tree, the installer in `mode`.
-fn url_install(mode: &str, extra_kernelparam: &str, body: &str) -> (tempfile::TempDir, fixture::Served, String) {
-    let dir = tempfile::tempdir().unwrap();
-    fixture::write_tree(dir.path(), true);
-    let served = fixture::serve(dir.path());
-    let tdl = fixture::template(
-        "Fedora",
-        "40",
-        &format!("<install type='url'><url>{}</url></install>", served.url),
-        &format!("<rootpw>pw</rootpw><kernelparam>fixture.mode={mode} {extra_kernelparam}</kernelparam>"),
-        body,
-    );
-    (dir, served, tdl)
-}
-
 fn kept(f: &Factory, id: &str, name: &str) -> bool {
     f.storage().join(format!("{id}.files")).join(name).is_file()
 }
 
 #[test]
 fn an_idle_installer_trips_the_inactivity_watchdog() {
-    let (_dir, _served, tdl) = url_install("hang", "", "");
+    let (_dir, _served, tdl) = fixture::fedora_url_install("hang", "", "");
     let f = Factory::new(&["libfedora_os.so"], json!({"inactivity_timeout": 15, "timeout": 300}));
     let (run, id) = assert_fails_with(&f, &tdl, &["no disk or network activity for 15 s", "console.log"]);
     assert!(run.elapsed < Duration::from_secs(200), "{:?}", run.elapsed);
@@ -57,7 +42,7 @@ fn an_idle_installer_trips_the_inactivity_watchdog() {
 
 #[test]
 fn a_busy_installer_hits_the_hard_timeout() {
-    let (_dir, _served, tdl) = url_install("spin", "", "");
+    let (_dir, _served, tdl) = fixture::fedora_url_install("spin", "", "");
     let f = Factory::new(&["libfedora_os.so"], json!({"inactivity_timeout": 300, "timeout": 40}));
     let (run, id) = assert_fails_with(&f, &tdl, &["the install timed out after 40 s", "console.log"]);
     assert!(run.elapsed < Duration::from_secs(200), "{:?}", run.elapsed);
@@ -67,7 +52,7 @@ fn a_busy_installer_hits_the_hard_timeout() {
 #[test]
 fn a_crashing_installer_is_reported_as_a_crash() {
     // /init exits: the kernel panics and (panic=1) resets, which ends qemu (-no-reboot).
-    let (_dir, _served, tdl) = url_install("crash", "panic=1", "");
+    let (_dir, _served, tdl) = fixture::fedora_url_install("crash", "panic=1", "");
     let f = Factory::new(&["libfedora_os.so"], json!({"inactivity_timeout": 120}));
     let (_, id) = assert_fails_with(&f, &tdl, &["the installer crashed", "console.log"]);
     assert!(kept(&f, &id, "console.log"));
@@ -75,7 +60,7 @@ fn a_crashing_installer_is_reported_as_a_crash() {
 
 #[test]
 fn a_failing_template_command_is_named() {
-    let (_dir, _served, tdl) = url_install(
+    let (_dir, _served, tdl) = fixture::fedora_url_install(
         "install",
         "",
         "<commands><command name='fine'>true</command><command name='boom'>echo about to fail; exit 3</command></commands>",
