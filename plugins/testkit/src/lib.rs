@@ -7,6 +7,8 @@
 //! - [`services_dir`]: where scripts/setup.sh installs the services the tests start;
 //! - [`free_port`], [`ChildGuard`], [`wait_until`]: processes and waits that always end;
 //! - [`proxy::CuttingProxy`]: a loopback proxy that breaks one upload, for retry tests.
+//! - [`boot::Boot`]: boots a disk image (any format qemu reads) under TCG until a
+//!   marker shows on its serial console;
 //! - [`disk::SparseDisk`]: sparse raw disks with data at a stride, for conversions and
 //!   pushes;
 //! - [`tls::LocalCa`]: a private CA and a server certificate for HTTPS on loopback.
@@ -16,6 +18,7 @@
 //! Everything here panics with a message that names the fix (run scripts/setup.sh, build
 //! the workspace): a test that needs a tool fails loudly, it never skips.
 
+pub mod boot;
 pub mod disk;
 pub mod guestkit;
 pub mod process;

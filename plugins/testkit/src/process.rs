@@ -37,6 +37,20 @@ impl ChildGuard {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
+    /// The child's exit status when it has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// What the child wrote to its stderr (when it was piped), once it has exited.
+    pub fn stderr_text(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(err) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) {
+            let _ = std::io::Read::read_to_string(err, &mut text);
+        }
+        text.trim().to_string()
+    }
+
     /// Panics when the child has already exited (a service that died at start).
     pub fn assert_running(&mut self) {
         if let Some(c) = self.child.as_mut() {
