@@ -82,6 +82,24 @@ pub struct Table {
     pub partitions: Vec<Partition>,
 }
 
+/// Whether `image` holds an ext2/3/4 file system on the whole disk, with no partition
+/// table: its superblock at byte 1024 (magic 0xEF53, a sane block size, inodes). A disk
+/// like that may still end its first sector with the 0x55AA boot signature (a boot
+/// loader such as extlinux writes its boot sector there), which sfdisk takes for an
+/// empty dos label, so this is asked before the partition table is.
+pub fn is_whole_disk_ext(image: &Path) -> Result<bool, DiskError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).map_err(|e| DiskError::io("cannot open", image, e))?;
+    let mut sb = [0u8; 64];
+    f.seek(SeekFrom::Start(1024)).map_err(|e| DiskError::io("cannot read", image, e))?;
+    if f.read_exact(&mut sb).is_err() {
+        return Ok(false);
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    let magic = u16::from_le_bytes([sb[56], sb[57]]);
+    Ok(magic == 0xEF53 && u32_at(0) > 0 && u32_at(24) <= 6)
+}
+
 /// Reads the partition table of `image` with `sfdisk -J`.
 pub fn read(image: &Path) -> Result<Table, DiskError> {
     let mut cmd = Command::new("sfdisk");
@@ -112,6 +130,27 @@ pub fn parse_sfdisk_json(text: &str) -> Result<Table, DiskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_disk_ext_file_system_is_told_from_a_partitioned_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole.img");
+        std::fs::File::create(&whole).unwrap().set_len(8 << 20).unwrap();
+        let st = Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&whole).status().expect("mkfs.ext4 (e2fsprogs)");
+        assert!(st.success());
+        // A boot sector's signature, as extlinux leaves one: still the whole disk.
+        let mut f = OpenOptions::new().write(true).open(&whole).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(510)).unwrap();
+        std::io::Write::write_all(&mut f, &[0x55, 0xaa]).unwrap();
+        assert!(is_whole_disk_ext(&whole).unwrap());
+
+        let parted = dir.path().join("parted.img");
+        Layout::single(32 << 20).unwrap().create(&parted, &process::Quiet).unwrap();
+        assert!(!is_whole_disk_ext(&parted).unwrap());
+        let tiny = dir.path().join("tiny.img");
+        std::fs::write(&tiny, [0u8; 100]).unwrap();
+        assert!(!is_whole_disk_ext(&tiny).unwrap());
+    }
 
     #[test]
     fn single_partition_layout() {

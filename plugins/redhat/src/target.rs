@@ -107,7 +107,11 @@ const WRITE_FILE: &str = r#"mkdir -p "$(dirname "$2")" && cat "$1" > "$2" && chm
 /// the work dir.
 fn enter(host: &Host, image: &Path) -> Result<Chroot, DiskError> {
     let size = std::fs::metadata(image).map_err(|e| DiskError::io("cannot read", image, e))?.len();
-    // No partition table (sfdisk finds none): the file system is the whole disk.
+    // An ext file system on the whole disk (the fixture's layout, and an old-style
+    // superfloppy), or no partition table that sfdisk finds: the whole disk.
+    if layout::is_whole_disk_ext(image)? {
+        return on_image(host, image, 0, size);
+    }
     let (offset, length) = match layout::read(image) {
         Ok(t) if !t.partitions.is_empty() => {
             let p = t
@@ -120,6 +124,12 @@ fn enter(host: &Host, image: &Path) -> Result<Chroot, DiskError> {
         }
         _ => (0, size),
     };
+    on_image(host, image, offset, length)
+}
+
+/// The root file system at `offset`, `length` bytes of `image`, entered through a
+/// mountpoint and a stage directory in the work dir.
+fn on_image(host: &Host, image: &Path, offset: u64, length: u64) -> Result<Chroot, DiskError> {
     let work = host.work_dir();
     let mountpoint = work.join("mnt");
     let stage = work.join("stage");
