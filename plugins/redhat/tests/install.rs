@@ -110,7 +110,8 @@ fn fedora_installs_from_a_url_tree_with_the_template_applied() {
 <files><file name='/etc/motd'>built by the imagefactory Fedora test</file>\
 <file name='/opt/data/blob' type='base64'>AAECAwQFBgcICf8=</file></files>\
 <precommands><command name='pre'>echo pre > /etc/imagefactory-pre</command></precommands>\
-<commands><command name='order'>test -f /etc/imagefactory-pre &amp;&amp; test -f /etc/motd &amp;&amp; echo ordered > /etc/imagefactory-order</command></commands>";
+<commands><command name='order'>test -f /etc/imagefactory-pre &amp;&amp; test -f /etc/motd &amp;&amp; echo ordered > /etc/imagefactory-order</command>\
+<command name='boot-report'>printf '#!/bin/sh\\necho fixture-test: motd says $(cat /etc/motd)\\n' > /etc/rc.boot &amp;&amp; chmod 755 /etc/rc.boot</command></commands>";
     let tdl = fixture::template(
         "Fedora",
         "40",
@@ -176,6 +177,16 @@ fn fedora_installs_from_a_url_tree_with_the_template_applied() {
     let mut record = meta(&f, &id);
     strip_templates(&mut record);
     assert!(!record.to_string().contains(&rootpw), "the plain root password is in the record outside the template");
+
+    // The disk boots by itself, through the boot loader the install wrote, into the
+    // installed system, which runs what the template's %post left for its boot.
+    let booted = fixture::boot_from_disk(&f.body(&id));
+    assert!(
+        booted.console.contains("fixture-test: motd says built by the imagefactory Fedora test"),
+        "the installed system did not run the template's boot script:\n{}",
+        tail(&booted.console, 30)
+    );
+    println!("Fedora fixture disk booted to its init in {:?}", booted.elapsed);
 }
 
 #[test]
@@ -202,6 +213,8 @@ fn rhel8_installs_from_a_tree_without_treeinfo() {
     let icicle = icicle(&f, &id);
     assert!(icicle.contains("<package name=\"tmux-3.4-1.fc40.x86_64\"/>"), "{icicle}");
     assert!(!icicle.contains("less-"), "{icicle}");
+    let booted = fixture::boot_from_disk(&f.body(&id));
+    println!("RHEL-8 fixture disk booted to its init in {:?}", booted.elapsed);
 }
 
 #[test]

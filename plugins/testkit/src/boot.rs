@@ -95,6 +95,12 @@ impl Boot {
                 return Booted { elapsed, console, format };
             }
             if let Some(status) = qemu.try_wait() {
+                // It may have printed the marker just before powering off.
+                let console =
+                    std::fs::read(&serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or(console);
+                if console.contains(marker) {
+                    return Booted { elapsed: started.elapsed(), console, format };
+                }
                 let stderr = qemu.stderr_text();
                 panic!(
                     "qemu exited ({status}) before {} showed {marker:?}: {stderr}\nconsole tail:\n{}",
