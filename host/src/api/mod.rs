@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod tls;
 
 mod body;
+mod events;
 mod middleware;
 mod openapi;
 mod represent;

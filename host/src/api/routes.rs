@@ -89,6 +89,15 @@ pub fn endpoints() -> Vec<Endpoint> {
             vec![public(op("get", "Not implemented", &[NOT_IMPL]))],
         ),
         endpoint(
+            "/imagefactory/events",
+            get(events::events),
+            vec![op(
+                "get",
+                "Server-Sent Events of every image change (?id= follows one image and its children; Last-Event-ID resumes)",
+                &[OK, BAD, UNAUTH],
+            )],
+        ),
+        endpoint(
             "/imagefactory/validate",
             post(validate_template),
             vec![with_body(op("post", "Check a template without building", &[OK, BAD, UNAUTH]), "template")],

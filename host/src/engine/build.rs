@@ -523,6 +523,7 @@ impl Build<'_> {
                     r.status = Status::Deleted;
                     r.status_detail = StatusDetail { activity: "Image deleted.".into(), error: None };
                 });
+                let last = self.inner.store.get(self.id);
                 if let Err(e) = self.inner.store.remove(self.id) {
                     tracing::error!(error = %e, "cannot remove the image's files");
                     self.update(|r| {
@@ -530,6 +531,8 @@ impl Build<'_> {
                         r.status_detail.error =
                             Some(format!("Failure encountered while: Removing the image's files: {e}"));
                     });
+                } else if let Some(last) = last {
+                    self.inner.publish_deleted(&last);
                 }
                 self.inner.notify();
             }

@@ -9,6 +9,7 @@
 
 mod build;
 mod callbacks;
+pub mod events;
 mod slots;
 
 use std::collections::HashMap;
@@ -104,6 +105,8 @@ pub(crate) struct Inner {
     write_lock: Mutex<()>,
     /// Wakes waiters (parents, `wait_final`) when any record changes.
     changed: (Mutex<u64>, Condvar),
+    /// Every visible change, numbered, for event-stream subscribers.
+    events: events::EventHub,
 }
 
 /// The engine; cheap to clone (one shared state).
@@ -131,6 +134,7 @@ impl Engine {
                 plain_templates: Mutex::new(HashMap::new()),
                 write_lock: Mutex::new(()),
                 changed: (Mutex::new(0), Condvar::new()),
+                events: events::EventHub::default(),
             }),
         }
     }
@@ -286,6 +290,12 @@ impl Engine {
         let rec = self.inner.new_record(ImageKind::BaseImage, Some(template), &parameters, |_| {})?;
         self.inner.start(&rec.identifier, &parameters, build::Plan::Import { file: file.to_path_buf() });
         Ok(rec)
+    }
+
+    /// Subscribes to the engine's events, with the held ones after `after` (the last
+    /// event number a client saw) first.
+    pub fn subscribe(&self, after: Option<u64>) -> events::Subscription {
+        self.inner.events.subscribe(after)
     }
 
     /// Deletes an image. In-flight builds are cancelled first. Provider images that
@@ -463,8 +473,29 @@ impl Inner {
         }
         rec.parameters = stored_parameters(parameters);
         fill(&mut rec);
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.store.add(&rec)?;
+        self.events.publish(events::EventKind::Created, &rec, self.parents_of(&rec), &[]);
         Ok(rec)
+    }
+
+    /// An image's ancestors: a target's base; a provider image's target and its base.
+    fn parents_of(&self, rec: &ImageRecord) -> Vec<String> {
+        let mut parents: Vec<String> = rec.target_image_id.iter().chain(rec.base_image_id.iter()).cloned().collect();
+        if rec.base_image_id.is_none() {
+            if let Some(base) =
+                rec.target_image_id.as_deref().and_then(|t| self.store.get(t)).and_then(|t| t.base_image_id)
+            {
+                parents.push(base);
+            }
+        }
+        parents
+    }
+
+    /// Publishes the removal of an image whose last state was `last`.
+    fn publish_deleted(&self, last: &ImageRecord) {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.events.publish(events::EventKind::Deleted, last, self.parents_of(last), &[]);
     }
 
     /// Registers the job and starts its build thread.
@@ -527,10 +558,14 @@ impl Inner {
         let (before, after) = {
             let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let mut rec = self.store.get(id).ok_or_else(|| not_found(id))?;
-            let before = rec.status;
+            let old = rec.clone();
             f(&mut rec);
             self.store.save(&rec)?;
-            (before, rec)
+            let changed = events::changed_fields(&old, &rec);
+            if !changed.is_empty() {
+                self.events.publish(events::EventKind::Changed, &rec, self.parents_of(&rec), &changed);
+            }
+            (old.status, rec)
         };
         if before != after.status {
             tracing::info!(image = %id, from = before.as_str(), to = after.status.as_str(), "status changed");
