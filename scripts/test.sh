@@ -8,3 +8,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # test run reuses it (the plugins and the CLI the tests drive come from this build).
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
+# The page's browser tests: headless Chromium through selenium (scripts/setup.d/50-browser.sh).
+"${IMAGEFACTORY_SERVICES:-$HOME/.cache/imagefactory}/browser/bin/pytest" tests/browser -q -p no:cacheprovider

@@ -34,6 +34,9 @@ fn is_public(path: &str) -> bool {
         || p == "/imagefactory/openapi.json"
         || p.starts_with("/imagefactory/jeos")
         || p.starts_with("/imagefactory/targets")
+        // The page's static assets: they hold no data; every call the page makes is checked.
+        || p == "/imagefactory/ui"
+        || p.starts_with("/imagefactory/ui/")
 }
 
 /// Two-legged OAuth 1.0a on every protected route, unless `no_oauth`.

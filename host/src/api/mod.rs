@@ -15,6 +15,7 @@ mod middleware;
 mod openapi;
 mod represent;
 mod routes;
+mod ui;
 
 use std::sync::Arc;
 

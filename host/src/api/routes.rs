@@ -88,6 +88,10 @@ pub fn endpoints() -> Vec<Endpoint> {
             get(not_implemented),
             vec![public(op("get", "Not implemented", &[NOT_IMPL]))],
         ),
+        endpoint("/imagefactory/ui", get(ui::redirect), vec![public(op("get", "Redirects to the page", &[(308, "To /imagefactory/ui/")]))]),
+        endpoint("/imagefactory/ui/", get(ui::index), vec![public(op("get", "The page of builds (HTML)", &[OK]))]),
+        endpoint("/imagefactory/ui/ui.js", get(ui::js), vec![public(op("get", "The page's script", &[OK]))]),
+        endpoint("/imagefactory/ui/ui.css", get(ui::css), vec![public(op("get", "The page's style sheet", &[OK]))]),
         endpoint(
             "/imagefactory/events",
             get(events::events),
