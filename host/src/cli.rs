@@ -129,12 +129,22 @@ enum Command {
     },
     /// Check a template; prints OK or every error.
     Validate { template: PathBuf },
+    /// Follow an image (and its children) on a running daemon until it ends, through
+    /// its event stream. Signs with IMAGEFACTORY_OAUTH_KEY and IMAGEFACTORY_OAUTH_SECRET.
+    Watch {
+        id: String,
+        /// The daemon's address.
+        #[arg(long, default_value = "http://127.0.0.1:8075")]
+        url: String,
+    },
 }
 
 /// Runs the command; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::setup::init_logging(if cli.nodebug && !cli.debug { "warn" } else { "debug" });
+    // `watch` prints the image's changes; its HTTP client's debug lines would bury them.
+    let quiet = (cli.nodebug || matches!(cli.command, Command::Watch { .. })) && !cli.debug;
+    crate::setup::init_logging(if quiet { "warn" } else { "debug" });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -173,6 +183,9 @@ fn parameters(p: &ParamOpts) -> anyhow::Result<Map<String, Value>> {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Validate { template } = &cli.command {
         return validate(template, cli.config.as_deref());
+    }
+    if let Command::Watch { id, url } = &cli.command {
+        return crate::watch::watch(url, id, crate::watch::Credentials::from_env().as_ref());
     }
     let config = crate::setup::load_config(cli.config.as_deref())?;
     let engine = crate::setup::engine(&config, &cli.plugins)?;
@@ -244,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
-        Command::Validate { .. } => unreachable!("handled above"),
+        Command::Validate { .. } | Command::Watch { .. } => unreachable!("handled above"),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`engine`]: the life of images: creating, scheduling, building, cancelling, deleting.
 //! - [`api`]: the REST API v2 over the engine.
 //! - [`cli`]: the `imagefactory` command over the engine.
+//! - [`watch`]: `imagefactory watch`, a client of a running daemon's event stream.
 
 pub mod api;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod plugins;
 pub mod setup;
 pub mod store;
 pub mod template;
+pub mod watch;
 pub mod worker;
 
 /// The version reported by the API root and `--version`.

@@ -187,3 +187,38 @@ fn five_hundred_subscribers_get_every_change_of_four_builds_in_order() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `imagefactory watch ID --url ...` against the daemon: (exit code, stdout).
+fn watch(d: &Daemon, id: &str) -> (Option<i32>, String) {
+    let out = std::process::Command::new(imagefactory_bin())
+        .args(["watch", id, "--url", &d.origin()])
+        .output()
+        .expect("run imagefactory watch");
+    // stdout, then stderr (where an error goes).
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_cli_watches_a_build_to_its_end_over_the_stream() {
+    let d = Daemon::start_default();
+    let id = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 2, "mock_progress_steps": 4}));
+    let (code, out) = watch(&d, &id);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(" BUILDING ") && out.lines().last().is_some_and(|l| l.contains(" COMPLETE 100%")), "{out}");
+    assert!(out.lines().count() >= 3, "watch printed no changes while the build ran:\n{out}");
+
+    // Already over: one line, at once.
+    let (code, out) = watch(&d, &id);
+    assert_eq!((code, out.lines().count()), (Some(0), 1), "{out}");
+
+    // A failure: its one-line error, and exit 1.
+    let failing = d.create_base(&mock_tdl(), json!({"mock_fail_at": "create_base_image", "mock_sleep_seconds": 1}));
+    let (code, out) = watch(&d, &failing);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("error: Failure encountered while:") && out.contains("told to fail"), "{out}");
+
+    // An unknown image is one line and exit 1.
+    let (code, out) = watch(&d, "00000000-0000-4000-8000-000000000000");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("No image found with id"), "{out}");
+}
