@@ -35,7 +35,12 @@ fn nonce() -> String {
     format!("{:x}{}", t, uuid::Uuid::new_v4().simple())
 }
 
-fn get(agent: &ureq::Agent, base: &str, path: &str, auth: Option<&Credentials>) -> Result<ureq::Response, ureq::Error> {
+fn get(
+    agent: &ureq::Agent,
+    base: &str,
+    path: &str,
+    auth: Option<&Credentials>,
+) -> Result<ureq::Response, Box<ureq::Error>> {
     let url = format!("{base}{path}");
     let mut req = agent.get(&url);
     if let Some(c) = auth {
@@ -47,7 +52,7 @@ fn get(agent: &ureq::Agent, base: &str, path: &str, auth: Option<&Credentials>) 
         let header = crate::api::oauth::sign("GET", &plain, query.as_deref(), &c.key, &c.secret, &nonce(), ts);
         req = req.set("Authorization", &header);
     }
-    req.call()
+    req.call().map_err(Box::new)
 }
 
 /// One line for a change: type, short id, status, percent, activity (and the error).
@@ -83,7 +88,7 @@ pub fn watch(url: &str, id: &str, auth: Option<&Credentials>) -> anyhow::Result<
     }
     let base = format!("{}/imagefactory", url.trim_end_matches('/').trim_end_matches("/imagefactory"));
     let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10)).build();
-    let refused = |e: ureq::Error| match e {
+    let refused = |e: Box<ureq::Error>| match *e {
         ureq::Error::Status(code, r) => {
             let text = r.into_string().unwrap_or_default();
             anyhow!("{base} answered {code}: {}", text.lines().next().unwrap_or(""))
@@ -102,7 +107,7 @@ pub fn watch(url: &str, id: &str, auth: Option<&Credentials>) -> anyhow::Result<
                 current = v.as_object().and_then(|o| o.values().next()).cloned();
                 break;
             }
-            Err(ureq::Error::Status(404, _)) => continue,
+            Err(e) if matches!(*e, ureq::Error::Status(404, _)) => continue,
             Err(e) => return Err(refused(e)),
         }
     }
