@@ -114,6 +114,53 @@ fn assert_one_line(s: &str) {
 }
 
 #[test]
+fn callback_urls_that_are_not_http_are_refused_before_any_image_exists() {
+    let d = Daemon::start_default();
+    let storage_entries = || std::fs::read_dir(d.storage()).unwrap().count();
+    for bad in ["not a url", "file:///etc/passwd", "ftp://x", "http://", "https:///no-host"] {
+        let r = d.post_json(
+            "/imagefactory/base_images",
+            &json!({"base_image": {"template": mock_tdl(), "parameters": {"callbacks": [bad]}}}),
+        );
+        r.expect(400);
+        assert_one_line(&r.text());
+        assert!(r.text().starts_with("invalid callback URL ") && r.text().contains(bad), "{bad:?}: {}", r.text());
+        // The same check guards target and provider images (a template builds a base first).
+        let r = d.post_json(
+            "/imagefactory/target_images",
+            &json!({"target_image": {"target": "mock", "template": mock_tdl(), "parameters": {"callbacks": bad}}}),
+        );
+        r.expect(400);
+        assert!(r.text().contains(bad), "{}", r.text());
+        let r = d.post_json(
+            "/imagefactory/provider_images",
+            &json!({"provider_image": {"target": "mock", "provider": "p", "credentials": credentials("s3cret"),
+                "template": mock_tdl(), "parameters": {"callbacks": ["http://127.0.0.1:9/ok", bad]}}}),
+        );
+        r.expect(400);
+        assert!(r.text().contains(bad), "{}", r.text());
+    }
+    // A password in a refused URL is redacted in the answer.
+    let r = d.post_json(
+        "/imagefactory/base_images",
+        &json!({"base_image": {"template": mock_tdl(), "parameters": {"callbacks": ["ftp://bob:hunter2@x/"]}}}),
+    );
+    r.expect(400);
+    assert!(!r.text().contains("hunter2") && r.text().contains("bob:REDACTED@x"), "{}", r.text());
+    // Nothing was made: no image listed, nothing in the storage directory.
+    for collection in ["base_images", "target_images", "provider_images"] {
+        assert_eq!(d.get(&format!("/imagefactory/{collection}")).json()[collection], json!([]), "{collection}");
+    }
+    assert_eq!(storage_entries(), 0, "files were left in the store");
+    // A good http callback is still accepted.
+    let server = CallbackServer::start();
+    let id = d.create_base(&mock_tdl(), json!({"callbacks": [server.url("/cb")]}));
+    d.wait_complete(&id, "base_images");
+    let got = server.collect_until(BUILD_TIMEOUT, |g| g.iter().any(|r| r.body.contains("COMPLETE")));
+    assert!(got.iter().all(|r| r.method == "PUT" && r.path == "/cb"), "{got:#?}");
+}
+
+#[test]
 fn a_plugin_failing_mid_build_gives_a_one_line_error_naming_the_activity() {
     let d = Daemon::start_default();
     let id = d.create_base(&mock_tdl(), json!({"mock_fail_at": "create_base_image"}));
