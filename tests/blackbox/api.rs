@@ -112,6 +112,58 @@ fn base_image_lifecycle_raw_image_range_build_log_and_delete() {
     assert_eq!(d.get("/imagefactory/base_images").json()["base_images"], json!([]));
 }
 
+/// The names in the storage directory that mention `id`.
+fn stored_names_of(d: &Daemon, id: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(d.storage())
+        .expect("read the storage directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(id))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn no_lock_file_outlives_a_build_and_nothing_of_a_deleted_image_is_left() {
+    let d = Daemon::start_default();
+    let ok = d.create_base(&mock_tdl(), json!({"mock_keep_file": "kept.txt"}));
+    let failed = d.create_base(&mock_tdl(), json!({"mock_fail_at": "create_base_image"}));
+    d.wait_complete(&ok, "base_images");
+    d.wait_status(&failed, "base_images", &["FAILED"], BUILD_TIMEOUT);
+    let target =
+        d.post_json("/imagefactory/target_images", &json!({"target_image": {"target": "mock", "base_image_id": ok}}));
+    target.expect(202);
+    let tid = target.json()["target_image"]["id"].as_str().expect("an id").to_string();
+    d.wait_complete(&tid, "target_images");
+    for id in [&ok, &failed, &tid] {
+        let lock = format!(".{id}.lock");
+        // The lock goes a moment after the final status is written: wait, bounded.
+        wait_for(Duration::from_secs(10), &format!("{lock} to go"), || {
+            (!d.storage().join(&lock).exists()).then_some(())
+        });
+        assert!(!stored_names_of(&d, id).contains(&lock), "{:?}", stored_names_of(&d, id));
+    }
+    assert!(stored_names_of(&d, &ok).contains(&format!("{ok}.meta")), "{:?}", stored_names_of(&d, &ok));
+    // DELETE (cascading to the target image, and of the failed one): nothing of them is left.
+    d.delete_json(&format!("/imagefactory/base_images/{ok}"), &json!({"parameters": {"cascade": true}})).expect(204);
+    d.delete(&format!("/imagefactory/base_images/{failed}")).expect(204);
+    for id in [&ok, &failed, &tid] {
+        wait_for(Duration::from_secs(10), &format!("every file of {id} to go"), || {
+            stored_names_of(&d, id).is_empty().then_some(())
+        });
+    }
+    // A build deleted while it runs leaves nothing either (its lock, then the delete's).
+    let slow = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 30}));
+    d.wait_status(&slow, "base_images", &["BUILDING"], BUILD_TIMEOUT);
+    assert!(d.storage().join(format!(".{slow}.lock")).exists(), "a running build holds no lock file");
+    d.delete(&format!("/imagefactory/base_images/{slow}")).expect(204);
+    wait_for(Duration::from_secs(20), &format!("every file of {slow} to go"), || {
+        stored_names_of(&d, &slow).is_empty().then_some(())
+    });
+    assert_eq!(std::fs::read_dir(d.storage()).unwrap().count(), 0, "the store is not empty");
+}
+
 #[test]
 fn target_and_provider_chain_with_nested_routes_and_no_credential_leaks() {
     let d = Daemon::start_default();
