@@ -86,7 +86,7 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", config.address, config.port)
         .parse()
         .with_context(|| format!("invalid address {}:{}", config.address, config.port))?;
-    let state = ApiState { engine, config: Arc::new(config), tls: tls_config.is_some() };
+    let state = ApiState::new(engine, Arc::new(config), tls_config.is_some());
     let app = api::router(state);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;

@@ -482,6 +482,44 @@ fn oauth_protects_routes_and_accepts_signed_requests() {
 }
 
 #[test]
+fn oauth_refuses_a_replayed_request_and_a_stale_timestamp() {
+    let d = Daemon::start(DaemonOptions { oauth: true, ..Default::default() });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let path = "/imagefactory/plugins";
+    let header = d.oauth_header_at("GET", path, OAUTH_SECRET, &unique("replay"), now);
+    d.request_raw("GET", path, &[("Authorization", &header)], None).expect(200);
+    // The identical request again: refused, one line.
+    let r = d.request_raw("GET", path, &[("Authorization", &header)], None);
+    r.expect(401);
+    assert_eq!(r.text(), "Unauthorized: authorization failed");
+    assert_eq!(r.header("www-authenticate"), Some("OAuth"));
+    assert!(d.log().contains("replayed request"), "the log does not say why");
+    // A replayed POST makes no second image.
+    let post = json!({"base_image": {"template": mock_tdl()}}).to_string();
+    let header = d.oauth_header_at("POST", "/imagefactory/base_images", OAUTH_SECRET, &unique("replay"), now);
+    let send = || {
+        d.request_raw(
+            "POST",
+            "/imagefactory/base_images",
+            &[("Content-Type", "application/json"), ("Authorization", &header)],
+            Some(post.as_bytes()),
+        )
+    };
+    send().expect(202);
+    send().expect(401);
+    assert_eq!(d.get("/imagefactory/base_images").json()["base_images"].as_array().unwrap().len(), 1);
+    // Correctly signed, but an hour old or an hour ahead: refused.
+    for ts in [now - 3600, now + 3600] {
+        let header = d.oauth_header_at("GET", path, OAUTH_SECRET, &unique("old"), ts);
+        let r = d.request_raw("GET", path, &[("Authorization", &header)], None);
+        r.expect(401);
+        assert_eq!(r.text(), "Unauthorized: authorization failed");
+    }
+    // A fresh nonce still works.
+    d.request_raw("GET", path, &[("Authorization", &d.oauth_header("GET", path, OAUTH_SECRET))], None).expect(200);
+}
+
+#[test]
 fn tls_with_the_default_self_signed_certificate() {
     let curl = require_tool("curl");
     let d = Daemon::start(DaemonOptions { tls: true, ..Default::default() });

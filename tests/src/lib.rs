@@ -359,15 +359,20 @@ impl Daemon {
         self.spawn();
     }
 
-    /// The OAuth `Authorization` header for a request.
+    /// The OAuth `Authorization` header for a request (a fresh nonce, the current time).
     pub fn oauth_header(&self, method: &str, path: &str, secret: &str) -> String {
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.oauth_header_at(method, path, secret, &unique("nonce"), ts)
+    }
+
+    /// The OAuth `Authorization` header for a request with this nonce and timestamp.
+    pub fn oauth_header_at(&self, method: &str, path: &str, secret: &str, nonce: &str, timestamp: u64) -> String {
         let (path, query) = match path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path, None),
         };
         let url = format!("{}{path}", self.origin());
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        imagefactory::api::oauth::sign(method, &url, query, OAUTH_KEY, secret, &unique("nonce"), ts)
+        imagefactory::api::oauth::sign(method, &url, query, OAUTH_KEY, secret, nonce, timestamp)
     }
 
     /// One request as given (no automatic signing). `path` starts with `/imagefactory`.

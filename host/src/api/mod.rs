@@ -37,6 +37,15 @@ pub struct ApiState {
     pub config: Arc<Config>,
     /// Whether the server speaks TLS (the scheme of hrefs and OAuth base URLs).
     pub tls: bool,
+    /// OAuth nonces seen within the timestamp window (replay protection).
+    pub nonces: Arc<oauth::NonceCache>,
+}
+
+impl ApiState {
+    /// The state of a daemon over `engine` and `config`, with an empty nonce cache.
+    pub fn new(engine: Engine, config: Arc<Config>, tls: bool) -> ApiState {
+        ApiState { engine, config, tls, nonces: Arc::new(oauth::NonceCache::default()) }
+    }
 }
 
 /// An error answer: a status and one line of plain text, as the original answered.
