@@ -560,6 +560,33 @@ fn tls_with_the_default_self_signed_certificate() {
 }
 
 #[test]
+fn tls_offers_only_versions_1_2_and_1_3() {
+    let openssl = require_tool("openssl");
+    let d = Daemon::start(DaemonOptions { tls: true, ..Default::default() });
+    let connect = format!("127.0.0.1:{}", d.port);
+    let handshake = |version: &str| {
+        let mut c = Command::new(&openssl);
+        // SECLEVEL=0 lets this client offer TLS 1.0/1.1 at all (OpenSSL 3 does not by
+        // default).
+        c.args(["s_client", "-connect", &connect, version, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        run_cmd(c, Duration::from_secs(20))
+    };
+    for version in ["-tls1_2", "-tls1_3"] {
+        let out = handshake(version);
+        assert_eq!(out.code, 0, "{version} was refused: {out:?}");
+        assert!(out.stdout.contains("BEGIN CERTIFICATE"), "{version}: no certificate: {out:?}");
+    }
+    for version in ["-tls1_1", "-tls1"] {
+        let out = handshake(version);
+        assert_ne!(out.code, 0, "{version} was accepted: {out:?}");
+        assert!(!out.stdout.contains("BEGIN CERTIFICATE"), "{version} got a certificate: {out:?}");
+        // The server answered with a TLS alert (rustls sends handshake_failure), so the
+        // client did offer the old version and the server refused it.
+        assert!(out.stderr.contains("alert"), "{version}: not refused by the server: {out:?}");
+    }
+}
+
+#[test]
 fn form_encoded_bodies_are_accepted_as_the_original_did() {
     let d = Daemon::start_default();
     let params = json!({"mock_progress_steps": 3}).to_string();

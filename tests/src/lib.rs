@@ -198,6 +198,8 @@ pub struct DaemonOptions {
     pub mock_plugins: bool,
     /// More files for the plugin directory: (file name, content).
     pub extra_plugin_files: Vec<(String, PluginSource)>,
+    /// More config keys (e.g. `max_connections`), written into `imagefactory.conf`.
+    pub extra_config: serde_json::Map<String, Value>,
 }
 
 impl Default for DaemonOptions {
@@ -208,6 +210,7 @@ impl Default for DaemonOptions {
             max_concurrent: 2,
             mock_plugins: true,
             extra_plugin_files: Vec::new(),
+            extra_config: serde_json::Map::new(),
         }
     }
 }
@@ -244,13 +247,16 @@ impl Daemon {
                 }
             }
         }
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "plugins": plugins,
             "image_manager_args": {"storage_path": dir.path().join("storage")},
             "max_concurrent_local_sessions": opts.max_concurrent,
             "clients": {OAUTH_KEY: OAUTH_SECRET},
             "tmpdir": dir.path().join("tmp"),
         });
+        if let Value::Object(map) = &mut config {
+            map.extend(opts.extra_config.clone());
+        }
         std::fs::write(dir.path().join("imagefactory.conf"), serde_json::to_vec_pretty(&config).unwrap())
             .expect("write the config");
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();

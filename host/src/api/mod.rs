@@ -7,6 +7,7 @@
 //! in-flight states and activity show in GET; an image's build log is served.
 
 pub mod oauth;
+pub mod server;
 pub mod tls;
 
 mod body;
@@ -100,6 +101,7 @@ pub fn router(state: ApiState) -> Router {
     api.fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::oauth))
         .layer(axum::middleware::from_fn(middleware::check_accept))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::read_body_in_time))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }
