@@ -61,6 +61,11 @@ pub struct Config {
     pub target_content: Option<PathBuf>,
     /// Largest request body the API accepts, in bytes.
     pub max_request_bytes: usize,
+    /// Connections the daemon serves at once; one more gets 503 and is closed.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head, and again its body (and to finish
+    /// a TLS handshake, at most 30). Responses are never cut off.
+    pub request_timeout: u64,
     /// Plugin-specific keys passed through to plugins untouched.
     #[serde(skip)]
     pub extra: BTreeMap<String, Value>,
@@ -88,6 +93,8 @@ impl Default for Config {
             jeos_config: Vec::new(),
             target_content: None,
             max_request_bytes: 16 * 1024 * 1024,
+            max_connections: 1024,
+            request_timeout: 60,
             extra: BTreeMap::new(),
         }
     }
@@ -139,6 +146,8 @@ const KNOWN_KEYS: &[&str] = &[
     "jeos_config",
     "target_content",
     "max_request_bytes",
+    "max_connections",
+    "request_timeout",
 ];
 
 /// Keys plugins read (passed through in `extra`, never warned about).
@@ -218,7 +227,21 @@ impl Config {
         if self.max_request_bytes < 1024 {
             return Err("max_request_bytes must be at least 1024".into());
         }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.request_timeout == 0 {
+            return Err("request_timeout must be at least 1 second".into());
+        }
         Ok(())
+    }
+
+    /// The connection limits of the daemon's server.
+    pub fn server_limits(&self) -> crate::api::server::Limits {
+        crate::api::server::Limits {
+            max_connections: self.max_connections,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout),
+        }
     }
 
     /// The storage directory of the file image store.
@@ -251,6 +274,12 @@ mod tests {
         assert!(!msg.contains('\n'));
         let e = Config::from_json(r#"{"max_concurrent_local_sessions": 0}"#, Path::new("c.conf")).unwrap_err();
         assert_eq!(e.to_string(), "config file c.conf: max_concurrent_local_sessions must be at least 1");
+        let e = Config::from_json(r#"{"max_connections": 0}"#, Path::new("c.conf")).unwrap_err();
+        assert_eq!(e.to_string(), "config file c.conf: max_connections must be at least 1");
+        let e = Config::from_json(r#"{"request_timeout": 0}"#, Path::new("c.conf")).unwrap_err();
+        assert_eq!(e.to_string(), "config file c.conf: request_timeout must be at least 1 second");
+        let c = Config::from_json(r#"{"max_connections": 2, "request_timeout": 5}"#, Path::new("c.conf")).unwrap();
+        assert_eq!((c.max_connections, c.request_timeout), (2, 5));
         let e = Config::from_json("[1]", Path::new("c.conf")).unwrap_err();
         assert_eq!(e.to_string(), "config file c.conf: the top level must be a JSON object");
     }

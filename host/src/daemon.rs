@@ -86,7 +86,8 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", config.address, config.port)
         .parse()
         .with_context(|| format!("invalid address {}:{}", config.address, config.port))?;
-    let state = ApiState { engine, config: Arc::new(config), tls: tls_config.is_some() };
+    let limits = config.server_limits();
+    let state = ApiState::new(engine, Arc::new(config), tls_config.is_some());
     let app = api::router(state);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -97,10 +98,7 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
         // Tests and scripts read this line to learn the port when --port 0 is given.
         tracing::info!("listening on {scheme}://{local}/imagefactory");
         println!("imagefactoryd listening on {scheme}://{local}/imagefactory");
-        match tls_config {
-            Some(cfg) => tls::serve_tls(listener, app, cfg, shutdown_signal()).await?,
-            None => axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?,
-        }
+        api::server::serve(listener, app, tls_config, limits, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })

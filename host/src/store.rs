@@ -7,11 +7,13 @@
 //!
 //! Beside each image the store keeps its build log (`<uuid>.log`) and, while a build runs,
 //! a lock file (`.<uuid>.lock`) held with `flock` by the building process, so recovery at
-//! start can tell an interrupted build from one another process is still running.
+//! start can tell an interrupted build from one another process is still running. The lock
+//! file exists only while it is held: see [`Store::try_lock`] for how that stays race-free.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -76,13 +78,25 @@ pub struct Store {
     index: RwLock<Index>,
 }
 
-/// An exclusive lock on one image, held while a process builds it.
+/// An exclusive lock on one image, held while a process builds it. Dropping it removes
+/// the lock file (while still holding the lock), then releases the lock.
 pub struct BuildLock {
     file: File,
+    path: PathBuf,
 }
 
 impl Drop for BuildLock {
     fn drop(&mut self) {
+        // Unlink while the flock is held, and only if the path is still our file: a
+        // process that opened the old file and then gets its flock sees the path gone or
+        // another file, and starts again (see `Store::try_lock`).
+        if same_file(&self.file, &self.path) {
+            if let Err(e) = fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(file = %self.path.display(), error = %e, "cannot remove a build lock file");
+                }
+            }
+        }
         // Closing the file releases the flock; unlocking first makes that explicit.
         // SAFETY: the descriptor belongs to `self.file`, which is still open here.
         unsafe {
@@ -90,6 +104,42 @@ impl Drop for BuildLock {
         }
     }
 }
+
+/// Whether `path` names the very file `file` has open (same device and inode).
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// What one attempt at a lock file gave.
+enum LockAttempt {
+    Locked,
+    /// Another holder has the flock.
+    Busy,
+    /// We got the flock of a file its last holder had already unlinked (or replaced):
+    /// it locks nothing any more. Open the path again.
+    Stale,
+}
+
+/// Takes the flock of `file` (opened from `path`) without waiting, and checks that `path`
+/// still names it.
+fn lock_opened(file: &File, path: &Path) -> LockAttempt {
+    // SAFETY: flock on a descriptor we own; LOCK_NB makes it return at once.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        LockAttempt::Busy
+    } else if same_file(file, path) {
+        LockAttempt::Locked
+    } else {
+        LockAttempt::Stale
+    }
+}
+
+/// How often [`Store::try_lock`] opens the path again after finding a stale file. Each
+/// retry means another holder let go in between; a few in a row is already unlikely.
+const LOCK_ATTEMPTS: usize = 16;
 
 fn parent_of(rec: &ImageRecord) -> Option<&String> {
     rec.base_image_id.as_ref().or(rec.target_image_id.as_ref())
@@ -345,7 +395,9 @@ impl Store {
         out
     }
 
-    /// Removes an image's metadata, body, log and any other files named after it.
+    /// Removes an image's metadata, body, log and any other files named after it. The
+    /// lock file goes with the lock: at once when nobody holds it (a stale one, say), or
+    /// when the holder (the delete running this) lets go.
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         if !is_plain_id(id) {
             return Err(StoreError::NotFound(id.to_string()));
@@ -356,8 +408,11 @@ impl Store {
                 return Err(StoreError::Remove { path: self.files_dir(id), source: e });
             }
         }
+        // Never unlink a lock file under its holder (another process could then lock a new
+        // file while the holder still runs): taking and dropping the lock removes it.
+        drop(self.try_lock(id));
         // The .meta goes last: once it is gone, everything else of the image is too.
-        for path in [self.body_path(id), self.log_path(id), self.lock_path(id), self.meta_path(id)] {
+        for path in [self.body_path(id), self.log_path(id), self.meta_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -381,13 +436,32 @@ impl Store {
         }
     }
 
-    /// Takes the build lock of an image without waiting; `None` when another process
-    /// holds it.
+    /// Takes the build lock of an image without waiting; `None` when another holder
+    /// (this process or another) has it.
+    ///
+    /// The lock file is created here and removed when the lock is dropped, so none is
+    /// left once a build ends. Removal is race-free: the holder unlinks the file while it
+    /// still holds the flock, and a taker that wins the flock checks (fstat against stat)
+    /// that the path still names the file it opened; if not, it opened a file that was
+    /// unlinked in between, and it opens the path again.
     pub fn try_lock(&self, id: &str) -> Option<BuildLock> {
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(self.lock_path(id)).ok()?;
-        // SAFETY: flock on a descriptor we own; LOCK_NB makes it return at once.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        (rc == 0).then_some(BuildLock { file })
+        let path = self.lock_path(id);
+        for _ in 0..LOCK_ATTEMPTS {
+            let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot open a build lock file");
+                    return None;
+                }
+            };
+            match lock_opened(&file, &path) {
+                LockAttempt::Locked => return Some(BuildLock { file, path }),
+                LockAttempt::Busy => return None,
+                LockAttempt::Stale => continue,
+            }
+        }
+        tracing::warn!(file = %path.display(), "the build lock file kept changing under us; giving up");
+        None
     }
 }
 
@@ -502,5 +576,68 @@ mod tests {
         assert!(store.try_lock("img").is_none());
         drop(held);
         assert!(store.try_lock("img").is_some());
+    }
+
+    #[test]
+    fn the_lock_file_exists_only_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lock_file = dir.path().join(".img.lock");
+        let held = store.try_lock("img").unwrap();
+        assert!(lock_file.exists());
+        // A refused attempt leaves the holder's file alone.
+        assert!(store.try_lock("img").is_none());
+        assert!(lock_file.exists());
+        drop(held);
+        assert!(!lock_file.exists(), "the lock file outlived its lock");
+    }
+
+    #[test]
+    fn a_lock_won_on_an_unlinked_file_is_retried_on_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = store.lock_path("img");
+        let held = store.try_lock("img").unwrap();
+        // Another taker opened the file while it was held...
+        let late = OpenOptions::new().write(true).open(&path).unwrap();
+        // ...the holder lets go (unlinking it)...
+        drop(held);
+        // ...and the late taker's flock now succeeds, on a file nobody can find.
+        assert!(matches!(lock_opened(&late, &path), LockAttempt::Stale));
+        // A taker opening the path afresh gets a real lock, exclusive against the next.
+        let fresh = store.try_lock("img").unwrap();
+        assert!(store.try_lock("img").is_none());
+        // The late taker's file is not the path's file: it must not count as a lock.
+        assert!(!same_file(&late, &path));
+        drop(late);
+        assert!(path.exists(), "dropping a stale handle removed the holder's file");
+        drop(fresh);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn remove_takes_the_lock_file_only_from_no_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = "0b5c1a38-5d2e-4c0e-9a43-7c1f2b9e8d12";
+        let lock_file = store.lock_path(id);
+        // A stale lock file (left by an older version or a crash) goes with the image.
+        store.add(&record(ImageKind::BaseImage, id)).unwrap();
+        fs::write(&lock_file, b"").unwrap();
+        store.remove(id).unwrap();
+        assert!(!lock_file.exists(), "a stale lock file survived remove");
+        // A held one stays until its holder lets go, then nothing of the image is left.
+        store.add(&record(ImageKind::BaseImage, id)).unwrap();
+        let held = store.try_lock(id).unwrap();
+        store.remove(id).unwrap();
+        assert!(lock_file.exists(), "remove unlinked a lock under its holder");
+        drop(held);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(id))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }

@@ -112,6 +112,58 @@ fn base_image_lifecycle_raw_image_range_build_log_and_delete() {
     assert_eq!(d.get("/imagefactory/base_images").json()["base_images"], json!([]));
 }
 
+/// The names in the storage directory that mention `id`.
+fn stored_names_of(d: &Daemon, id: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(d.storage())
+        .expect("read the storage directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(id))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn no_lock_file_outlives_a_build_and_nothing_of_a_deleted_image_is_left() {
+    let d = Daemon::start_default();
+    let ok = d.create_base(&mock_tdl(), json!({"mock_keep_file": "kept.txt"}));
+    let failed = d.create_base(&mock_tdl(), json!({"mock_fail_at": "create_base_image"}));
+    d.wait_complete(&ok, "base_images");
+    d.wait_status(&failed, "base_images", &["FAILED"], BUILD_TIMEOUT);
+    let target =
+        d.post_json("/imagefactory/target_images", &json!({"target_image": {"target": "mock", "base_image_id": ok}}));
+    target.expect(202);
+    let tid = target.json()["target_image"]["id"].as_str().expect("an id").to_string();
+    d.wait_complete(&tid, "target_images");
+    for id in [&ok, &failed, &tid] {
+        let lock = format!(".{id}.lock");
+        // The lock goes a moment after the final status is written: wait, bounded.
+        wait_for(Duration::from_secs(10), &format!("{lock} to go"), || {
+            (!d.storage().join(&lock).exists()).then_some(())
+        });
+        assert!(!stored_names_of(&d, id).contains(&lock), "{:?}", stored_names_of(&d, id));
+    }
+    assert!(stored_names_of(&d, &ok).contains(&format!("{ok}.meta")), "{:?}", stored_names_of(&d, &ok));
+    // DELETE (cascading to the target image, and of the failed one): nothing of them is left.
+    d.delete_json(&format!("/imagefactory/base_images/{ok}"), &json!({"parameters": {"cascade": true}})).expect(204);
+    d.delete(&format!("/imagefactory/base_images/{failed}")).expect(204);
+    for id in [&ok, &failed, &tid] {
+        wait_for(Duration::from_secs(10), &format!("every file of {id} to go"), || {
+            stored_names_of(&d, id).is_empty().then_some(())
+        });
+    }
+    // A build deleted while it runs leaves nothing either (its lock, then the delete's).
+    let slow = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 30}));
+    d.wait_status(&slow, "base_images", &["BUILDING"], BUILD_TIMEOUT);
+    assert!(d.storage().join(format!(".{slow}.lock")).exists(), "a running build holds no lock file");
+    d.delete(&format!("/imagefactory/base_images/{slow}")).expect(204);
+    wait_for(Duration::from_secs(20), &format!("every file of {slow} to go"), || {
+        stored_names_of(&d, &slow).is_empty().then_some(())
+    });
+    assert_eq!(std::fs::read_dir(d.storage()).unwrap().count(), 0, "the store is not empty");
+}
+
 #[test]
 fn target_and_provider_chain_with_nested_routes_and_no_credential_leaks() {
     let d = Daemon::start_default();
@@ -430,6 +482,44 @@ fn oauth_protects_routes_and_accepts_signed_requests() {
 }
 
 #[test]
+fn oauth_refuses_a_replayed_request_and_a_stale_timestamp() {
+    let d = Daemon::start(DaemonOptions { oauth: true, ..Default::default() });
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let path = "/imagefactory/plugins";
+    let header = d.oauth_header_at("GET", path, OAUTH_SECRET, &unique("replay"), now);
+    d.request_raw("GET", path, &[("Authorization", &header)], None).expect(200);
+    // The identical request again: refused, one line.
+    let r = d.request_raw("GET", path, &[("Authorization", &header)], None);
+    r.expect(401);
+    assert_eq!(r.text(), "Unauthorized: authorization failed");
+    assert_eq!(r.header("www-authenticate"), Some("OAuth"));
+    assert!(d.log().contains("replayed request"), "the log does not say why");
+    // A replayed POST makes no second image.
+    let post = json!({"base_image": {"template": mock_tdl()}}).to_string();
+    let header = d.oauth_header_at("POST", "/imagefactory/base_images", OAUTH_SECRET, &unique("replay"), now);
+    let send = || {
+        d.request_raw(
+            "POST",
+            "/imagefactory/base_images",
+            &[("Content-Type", "application/json"), ("Authorization", &header)],
+            Some(post.as_bytes()),
+        )
+    };
+    send().expect(202);
+    send().expect(401);
+    assert_eq!(d.get("/imagefactory/base_images").json()["base_images"].as_array().unwrap().len(), 1);
+    // Correctly signed, but an hour old or an hour ahead: refused.
+    for ts in [now - 3600, now + 3600] {
+        let header = d.oauth_header_at("GET", path, OAUTH_SECRET, &unique("old"), ts);
+        let r = d.request_raw("GET", path, &[("Authorization", &header)], None);
+        r.expect(401);
+        assert_eq!(r.text(), "Unauthorized: authorization failed");
+    }
+    // A fresh nonce still works.
+    d.request_raw("GET", path, &[("Authorization", &d.oauth_header("GET", path, OAUTH_SECRET))], None).expect(200);
+}
+
+#[test]
 fn tls_with_the_default_self_signed_certificate() {
     let curl = require_tool("curl");
     let d = Daemon::start(DaemonOptions { tls: true, ..Default::default() });
@@ -467,6 +557,33 @@ fn tls_with_the_default_self_signed_certificate() {
         Duration::from_secs(20),
     );
     assert_ne!(strict.code, 0, "curl accepted a self-signed certificate without -k: {strict:?}");
+}
+
+#[test]
+fn tls_offers_only_versions_1_2_and_1_3() {
+    let openssl = require_tool("openssl");
+    let d = Daemon::start(DaemonOptions { tls: true, ..Default::default() });
+    let connect = format!("127.0.0.1:{}", d.port);
+    let handshake = |version: &str| {
+        let mut c = Command::new(&openssl);
+        // SECLEVEL=0 lets this client offer TLS 1.0/1.1 at all (OpenSSL 3 does not by
+        // default).
+        c.args(["s_client", "-connect", &connect, version, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        run_cmd(c, Duration::from_secs(20))
+    };
+    for version in ["-tls1_2", "-tls1_3"] {
+        let out = handshake(version);
+        assert_eq!(out.code, 0, "{version} was refused: {out:?}");
+        assert!(out.stdout.contains("BEGIN CERTIFICATE"), "{version}: no certificate: {out:?}");
+    }
+    for version in ["-tls1_1", "-tls1"] {
+        let out = handshake(version);
+        assert_ne!(out.code, 0, "{version} was accepted: {out:?}");
+        assert!(!out.stdout.contains("BEGIN CERTIFICATE"), "{version} got a certificate: {out:?}");
+        // The server answered with a TLS alert (rustls sends handshake_failure), so the
+        // client did offer the old version and the server refused it.
+        assert!(out.stderr.contains("alert"), "{version}: not refused by the server: {out:?}");
+    }
 }
 
 #[test]

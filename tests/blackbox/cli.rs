@@ -189,6 +189,29 @@ fn parameter_options_apply_in_the_original_order() {
 }
 
 #[test]
+fn a_callback_url_that_is_not_http_is_refused_before_any_image_exists() {
+    let env = CliEnv::new();
+    let t = env.file("t.tdl", &mock_tdl());
+    let out = env.run(&[
+        "base_image".as_ref(),
+        "--parameter".as_ref(),
+        "callbacks".as_ref(),
+        "file:///etc/passwd".as_ref(),
+        t.as_os_str(),
+    ]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(all.contains("invalid callback URL \"file:///etc/passwd\""), "{out:#?}");
+    assert!(!out.stdout.contains(BANNER), "{out:#?}");
+    assert_eq!(std::fs::read_dir(env.storage()).unwrap().count(), 0, "the CLI stored something");
+    let params = env.file("p.json", r#"{"callbacks": ["ftp://x"]}"#);
+    let out = env.run(&["base_image".as_ref(), "--parameters".as_ref(), params.as_os_str(), t.as_os_str()]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(format!("{}{}", out.stdout, out.stderr).contains("\"ftp://x\""), "{out:#?}");
+    assert_eq!(std::fs::read_dir(env.storage()).unwrap().count(), 0, "the CLI stored something");
+}
+
+#[test]
 fn images_delete_and_plugins_subcommands() {
     let env = CliEnv::new();
     let t = env.file("t.tdl", &mock_tdl());

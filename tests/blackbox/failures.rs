@@ -114,6 +114,53 @@ fn assert_one_line(s: &str) {
 }
 
 #[test]
+fn callback_urls_that_are_not_http_are_refused_before_any_image_exists() {
+    let d = Daemon::start_default();
+    let storage_entries = || std::fs::read_dir(d.storage()).unwrap().count();
+    for bad in ["not a url", "file:///etc/passwd", "ftp://x", "http://", "https:///no-host"] {
+        let r = d.post_json(
+            "/imagefactory/base_images",
+            &json!({"base_image": {"template": mock_tdl(), "parameters": {"callbacks": [bad]}}}),
+        );
+        r.expect(400);
+        assert_one_line(&r.text());
+        assert!(r.text().starts_with("invalid callback URL ") && r.text().contains(bad), "{bad:?}: {}", r.text());
+        // The same check guards target and provider images (a template builds a base first).
+        let r = d.post_json(
+            "/imagefactory/target_images",
+            &json!({"target_image": {"target": "mock", "template": mock_tdl(), "parameters": {"callbacks": bad}}}),
+        );
+        r.expect(400);
+        assert!(r.text().contains(bad), "{}", r.text());
+        let r = d.post_json(
+            "/imagefactory/provider_images",
+            &json!({"provider_image": {"target": "mock", "provider": "p", "credentials": credentials("s3cret"),
+                "template": mock_tdl(), "parameters": {"callbacks": ["http://127.0.0.1:9/ok", bad]}}}),
+        );
+        r.expect(400);
+        assert!(r.text().contains(bad), "{}", r.text());
+    }
+    // A password in a refused URL is redacted in the answer.
+    let r = d.post_json(
+        "/imagefactory/base_images",
+        &json!({"base_image": {"template": mock_tdl(), "parameters": {"callbacks": ["ftp://bob:hunter2@x/"]}}}),
+    );
+    r.expect(400);
+    assert!(!r.text().contains("hunter2") && r.text().contains("bob:REDACTED@x"), "{}", r.text());
+    // Nothing was made: no image listed, nothing in the storage directory.
+    for collection in ["base_images", "target_images", "provider_images"] {
+        assert_eq!(d.get(&format!("/imagefactory/{collection}")).json()[collection], json!([]), "{collection}");
+    }
+    assert_eq!(storage_entries(), 0, "files were left in the store");
+    // A good http callback is still accepted.
+    let server = CallbackServer::start();
+    let id = d.create_base(&mock_tdl(), json!({"callbacks": [server.url("/cb")]}));
+    d.wait_complete(&id, "base_images");
+    let got = server.collect_until(BUILD_TIMEOUT, |g| g.iter().any(|r| r.body.contains("COMPLETE")));
+    assert!(got.iter().all(|r| r.method == "PUT" && r.path == "/cb"), "{got:#?}");
+}
+
+#[test]
 fn a_plugin_failing_mid_build_gives_a_one_line_error_naming_the_activity() {
     let d = Daemon::start_default();
     let id = d.create_base(&mock_tdl(), json!({"mock_fail_at": "create_base_image"}));
@@ -282,4 +329,106 @@ fn deleting_an_image_in_progress_cancels_the_build_and_its_worker() {
     // The daemon goes on building.
     let next = d.create_base(&mock_tdl(), json!({}));
     d.wait_complete(&next, "base_images");
+}
+
+/// A daemon with these extra config keys.
+fn daemon_with(config: Value) -> Daemon {
+    let Value::Object(extra_config) = config else { panic!("config keys must be an object") };
+    Daemon::start(DaemonOptions { extra_config, ..Default::default() })
+}
+
+/// Reads from `stream` until the server closes it, or panics after `timeout`.
+fn read_until_closed(stream: &mut std::net::TcpStream, timeout: Duration) -> Vec<u8> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(timeout)).expect("set a read timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("the server did not close the connection within {timeout:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn connections_over_max_connections_get_a_one_line_503_and_the_daemon_recovers() {
+    let d = daemon_with(json!({"max_connections": 2}));
+    let addr = format!("127.0.0.1:{}", d.port);
+    let idle: Vec<std::net::TcpStream> =
+        (0..2).map(|_| std::net::TcpStream::connect(&addr).expect("connect")).collect();
+    // The third connection is answered at once, not queued.
+    let started = Instant::now();
+    let r = d.get("/imagefactory/base_images");
+    r.expect(503);
+    assert!(started.elapsed() < Duration::from_secs(5), "the 503 took {:?}", started.elapsed());
+    assert_one_line(&r.text());
+    assert!(r.text().contains("max_connections"), "{}", r.text());
+    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/plain")), "{:?}", r.headers);
+    assert_eq!(r.header("connection"), Some("close"));
+    // And closed: the server ends the connection after the answer.
+    let mut raw = std::net::TcpStream::connect(&addr).expect("connect");
+    std::io::Write::write_all(&mut raw, b"GET /imagefactory HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut raw, Duration::from_secs(10))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(idle);
+    // Once the idle connections are closed, requests are served again.
+    wait_for(Duration::from_secs(10), "a request to be served after closing the idle connections", || {
+        (d.get("/imagefactory/base_images").status == 200).then_some(())
+    });
+    assert!(d.log().contains("connection limit reached"), "the daemon did not log the refusals");
+}
+
+#[test]
+fn a_slow_request_is_cut_off_but_a_slow_download_is_not() {
+    use std::io::{Read, Write};
+    let d = daemon_with(json!({"request_timeout": 1}));
+    let addr = format!("127.0.0.1:{}", d.port);
+
+    // A request head that never ends: the connection is closed after about a second.
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    slow.write_all(b"GET /imagefactory HTTP/1.1\r\nHost: x\r\n").expect("send");
+    let started = Instant::now();
+    let answer = read_until_closed(&mut slow, Duration::from_secs(10));
+    assert!(started.elapsed() >= Duration::from_millis(800), "closed too soon: {:?}", started.elapsed());
+    assert!(!String::from_utf8_lossy(&answer).contains("api_version"), "a half-sent head was served");
+    // A connection that sends nothing at all is closed too.
+    let mut idle = std::net::TcpStream::connect(&addr).expect("connect");
+    read_until_closed(&mut idle, Duration::from_secs(10));
+
+    // A body that never arrives in full: 408 with one line.
+    let mut trickle = std::net::TcpStream::connect(&addr).expect("connect");
+    trickle
+        .write_all(b"POST /imagefactory/base_images HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"base")
+        .expect("send");
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut trickle, Duration::from_secs(10))).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    assert_one_line(body);
+    assert!(body.contains("1 s"), "{body}");
+    assert_eq!(d.get("/imagefactory/base_images").json()["base_images"], json!([]));
+
+    // A download read slowly, for longer than the time-out, arrives whole.
+    let id = d.create_base(&mock_tdl(), json!({"mock_disk_mib": 64}));
+    d.wait_complete(&id, "base_images");
+    let mut dl = std::net::TcpStream::connect(&addr).expect("connect");
+    dl.write_all(
+        format!("GET /imagefactory/base_images/{id}/raw_image HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("send");
+    let mut first = vec![0u8; 1 << 20];
+    dl.read_exact(&mut first).expect("the first MiB");
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut rest = Vec::new();
+    dl.set_read_timeout(Some(Duration::from_secs(30))).expect("set a read timeout");
+    dl.read_to_end(&mut rest).expect("the rest of the download");
+    first.extend_from_slice(&rest);
+    let split = first.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    let head = String::from_utf8_lossy(&first[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert!(head.contains(&format!("content-length: {}", 64u64 << 20)), "{head}");
+    assert_eq!(first.len() - split, 64 << 20, "the download was cut short");
 }

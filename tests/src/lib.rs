@@ -198,6 +198,8 @@ pub struct DaemonOptions {
     pub mock_plugins: bool,
     /// More files for the plugin directory: (file name, content).
     pub extra_plugin_files: Vec<(String, PluginSource)>,
+    /// More config keys (e.g. `max_connections`), written into `imagefactory.conf`.
+    pub extra_config: serde_json::Map<String, Value>,
 }
 
 impl Default for DaemonOptions {
@@ -208,6 +210,7 @@ impl Default for DaemonOptions {
             max_concurrent: 2,
             mock_plugins: true,
             extra_plugin_files: Vec::new(),
+            extra_config: serde_json::Map::new(),
         }
     }
 }
@@ -244,13 +247,16 @@ impl Daemon {
                 }
             }
         }
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "plugins": plugins,
             "image_manager_args": {"storage_path": dir.path().join("storage")},
             "max_concurrent_local_sessions": opts.max_concurrent,
             "clients": {OAUTH_KEY: OAUTH_SECRET},
             "tmpdir": dir.path().join("tmp"),
         });
+        if let Value::Object(map) = &mut config {
+            map.extend(opts.extra_config.clone());
+        }
         std::fs::write(dir.path().join("imagefactory.conf"), serde_json::to_vec_pretty(&config).unwrap())
             .expect("write the config");
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
@@ -359,15 +365,20 @@ impl Daemon {
         self.spawn();
     }
 
-    /// The OAuth `Authorization` header for a request.
+    /// The OAuth `Authorization` header for a request (a fresh nonce, the current time).
     pub fn oauth_header(&self, method: &str, path: &str, secret: &str) -> String {
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        self.oauth_header_at(method, path, secret, &unique("nonce"), ts)
+    }
+
+    /// The OAuth `Authorization` header for a request with this nonce and timestamp.
+    pub fn oauth_header_at(&self, method: &str, path: &str, secret: &str, nonce: &str, timestamp: u64) -> String {
         let (path, query) = match path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path, None),
         };
         let url = format!("{}{path}", self.origin());
-        let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        imagefactory::api::oauth::sign(method, &url, query, OAUTH_KEY, secret, &unique("nonce"), ts)
+        imagefactory::api::oauth::sign(method, &url, query, OAUTH_KEY, secret, nonce, timestamp)
     }
 
     /// One request as given (no automatic signing). `path` starts with `/imagefactory`.

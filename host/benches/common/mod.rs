@@ -81,7 +81,7 @@ pub fn populated_dir(count: usize) -> (tempfile::TempDir, Vec<String>) {
 /// current tokio runtime, as `imagefactoryd --no_ssl --no_oauth` does. The server lives
 /// as long as the runtime.
 pub async fn serve(engine: Engine, storage: &Path) -> SocketAddr {
-    let state = ApiState { engine, config: Arc::new(config(storage)), tls: false };
+    let state = ApiState::new(engine, Arc::new(config(storage)), false);
     let app = api::router(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("cannot bind a loopback port");
     let addr = listener.local_addr().expect("no local address");

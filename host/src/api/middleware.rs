@@ -1,4 +1,5 @@
-//! Request checks that run before the handlers: the Accept header and OAuth.
+//! Request checks that run before the handlers: the body's deadline, the Accept header
+//! and OAuth.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -7,6 +8,25 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{oauth, ApiState};
+
+/// Reads the whole request body within `request_timeout` (the head had its own, in the
+/// server), so a client trickling a body cannot hold a connection for ever: 408 with one
+/// line when it is late, 413 when it is larger than `max_request_bytes`. Only the request
+/// is timed; the handler and the response (a long download) are not.
+pub async fn read_body_in_time(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let secs = st.config.request_timeout;
+    let read = axum::body::to_bytes(body, st.config.max_request_bytes);
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), read).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Ok(Err(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+        Err(_) => {
+            tracing::info!(path = %parts.uri.path(), "request body not received within {secs} s");
+            (StatusCode::REQUEST_TIMEOUT, format!("Request timeout: the request body did not arrive within {secs} s"))
+                .into_response()
+        }
+    }
+}
 
 /// Refuses an Accept header that allows no media type this API answers with (406),
 /// with the original's message.
@@ -39,7 +59,9 @@ fn is_public(path: &str) -> bool {
         || p.starts_with("/imagefactory/ui/")
 }
 
-/// Two-legged OAuth 1.0a on every protected route, unless `no_oauth`.
+/// Two-legged OAuth 1.0a on every protected route, unless `no_oauth`. A replayed request
+/// (same consumer key, nonce and timestamp) or one with a timestamp outside the window is
+/// refused like a bad signature: 401, one line, the reason in the log.
 pub async fn oauth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     if st.config.no_oauth || is_public(req.uri().path()) {
         return next.run(req).await;
@@ -65,7 +87,7 @@ pub async fn oauth(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         form_body: is_form.then_some(&bytes[..]),
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    match oauth::verify(&request, &st.config.clients, now) {
+    match oauth::verify(&request, &st.config.clients, now, &st.nonces) {
         Ok(_consumer) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => {
             tracing::info!(path = %parts.uri.path(), reason = %e.log_reason(), "OAuth check failed");

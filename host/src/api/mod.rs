@@ -7,6 +7,7 @@
 //! in-flight states and activity show in GET; an image's build log is served.
 
 pub mod oauth;
+pub mod server;
 pub mod tls;
 
 mod body;
@@ -39,6 +40,15 @@ pub struct ApiState {
     pub config: Arc<Config>,
     /// Whether the server speaks TLS (the scheme of hrefs and OAuth base URLs).
     pub tls: bool,
+    /// OAuth nonces seen within the timestamp window (replay protection).
+    pub nonces: Arc<oauth::NonceCache>,
+}
+
+impl ApiState {
+    /// The state of a daemon over `engine` and `config`, with an empty nonce cache.
+    pub fn new(engine: Engine, config: Arc<Config>, tls: bool) -> ApiState {
+        ApiState { engine, config, tls, nonces: Arc::new(oauth::NonceCache::default()) }
+    }
 }
 
 /// An error answer: a status and one line of plain text, as the original answered.
@@ -93,6 +103,7 @@ pub fn router(state: ApiState) -> Router {
     api.fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::oauth))
         .layer(axum::middleware::from_fn(middleware::check_accept))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::read_body_in_time))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }

@@ -15,10 +15,13 @@
 //! 4. the signature is `base64(HMAC-SHA1(enc(consumer secret) + "&", base string))`
 //!    (two-legged: the token secret after the `&` is empty).
 //!
-//! There is no nonce store: like the original server, a replayed request within the
-//! timestamp window is accepted. Callers that need replay protection must add it.
+//! Replays are refused (the original accepted them within its timestamp window): a
+//! request whose timestamp is more than the window (300 s) from the server's clock is
+//! refused, and so is one whose (consumer key, nonce, timestamp) an accepted request
+//! already used; [`NonceCache`] remembers those for as long as the window lets them in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use percent_encoding::{percent_decode, percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -30,6 +33,15 @@ const SIGNATURE_METHOD: &str = "HMAC-SHA1";
 /// How far a request's timestamp may be from the server's clock, in seconds.
 /// 300 s is the window python `oauth2` used, so clients that worked then work now.
 pub const TIMESTAMP_WINDOW_SECS: u64 = 300;
+
+/// How many (consumer key, nonce, timestamp) triples the daemon remembers at most.
+/// An entry is a few dozen bytes plus its key and nonce, so this bounds the cache to
+/// some tens of MiB even when every slot holds the longest nonce allowed.
+pub const DEFAULT_NONCE_CAPACITY: usize = 100_000;
+
+/// The longest `oauth_nonce` accepted (python `oauth2` sent 8 digits, oauthlib 30
+/// characters); a longer one would let a client make each remembered entry large.
+pub const MAX_NONCE_BYTES: usize = 255;
 
 /// RFC 5849 §3.6: everything except the unreserved characters `A-Z a-z 0-9 - . _ ~` is
 /// percent-encoded, with upper-case hex. Any other encoding changes the base string and
@@ -88,11 +100,92 @@ struct Param {
     value: Vec<u8>,
 }
 
+/// The (consumer key, nonce, timestamp) triples of accepted requests, each kept until its
+/// timestamp falls out of the window (after that the timestamp check refuses a replay by
+/// itself), so the same signed request is accepted once.
+///
+/// Bounded: it holds at most `capacity` triples. Expired ones are forgotten first; when it
+/// is still full, a request with a new nonce is **refused** rather than an in-window triple
+/// forgotten, since forgetting one would let that captured request be replayed. Only
+/// requests whose signature checks are remembered, so filling it takes a consumer's
+/// secret; the cost of a full cache is refusals (each logged) until entries expire, at
+/// most one window later.
+#[derive(Debug)]
+pub struct NonceCache {
+    window_secs: u64,
+    capacity: usize,
+    /// (expiry = timestamp + window, consumer key, nonce): ordered by expiry, so expired
+    /// triples are popped from the front. The timestamp is implied by the expiry.
+    seen: Mutex<BTreeSet<(u64, String, String)>>,
+}
+
+impl Default for NonceCache {
+    fn default() -> NonceCache {
+        NonceCache::new(TIMESTAMP_WINDOW_SECS, DEFAULT_NONCE_CAPACITY)
+    }
+}
+
+impl NonceCache {
+    /// A cache for timestamps within `window_secs` of the clock, holding at most
+    /// `capacity` triples (at least one).
+    pub fn new(window_secs: u64, capacity: usize) -> NonceCache {
+        NonceCache { window_secs, capacity: capacity.max(1), seen: Mutex::new(BTreeSet::new()) }
+    }
+
+    /// How far a timestamp may be from the clock, in seconds.
+    pub fn window_secs(&self) -> u64 {
+        self.window_secs
+    }
+
+    /// How many triples are remembered now (expired ones included until the next check).
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remembers a triple of a request whose timestamp is within the window of `now_unix`;
+    /// refuses one seen before, or a new one when the cache is full.
+    fn remember(&self, consumer_key: &str, nonce: &str, timestamp: u64, now_unix: u64) -> Result<(), OAuthError> {
+        if nonce.len() > MAX_NONCE_BYTES {
+            return Err(failed(format!("oauth_nonce is longer than {MAX_NONCE_BYTES} bytes")));
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        while seen.first().is_some_and(|(expiry, _, _)| *expiry < now_unix) {
+            seen.pop_first();
+        }
+        let entry = (timestamp.saturating_add(self.window_secs), consumer_key.to_string(), nonce.to_string());
+        if seen.contains(&entry) {
+            return Err(failed(format!(
+                "replayed request: consumer key {consumer_key:?} already used this oauth_nonce with oauth_timestamp {timestamp}"
+            )));
+        }
+        if seen.len() >= self.capacity {
+            return Err(failed(format!(
+                "the nonce cache is full ({} requests within {} s); refusing new nonces until entries expire",
+                self.capacity, self.window_secs
+            )));
+        }
+        seen.insert(entry);
+        Ok(())
+    }
+}
+
 /// Checks the OAuth signature of a request against the known `clients`
-/// (consumer key → consumer secret) and the current time `now_unix` (seconds).
+/// (consumer key → consumer secret) and the current time `now_unix` (seconds), and that it
+/// is no replay: its timestamp within the window of `nonces`, its (consumer key, nonce,
+/// timestamp) not used before. A request that passes is remembered in `nonces`.
 ///
 /// Returns the consumer key that signed the request.
-pub fn verify(req: &OAuthRequest, clients: &BTreeMap<String, String>, now_unix: u64) -> Result<String, OAuthError> {
+pub fn verify(
+    req: &OAuthRequest,
+    clients: &BTreeMap<String, String>,
+    now_unix: u64,
+    nonces: &NonceCache,
+) -> Result<String, OAuthError> {
     let header = match req.authorization.map(str::trim) {
         None | Some("") => return Err(OAuthError::Missing),
         Some(header) => header,
@@ -112,7 +205,7 @@ pub fn verify(req: &OAuthRequest, clients: &BTreeMap<String, String>, now_unix: 
     let signature_method = required(&params, "oauth_signature_method")?;
     let signature = required(&params, "oauth_signature")?;
     let timestamp = required(&params, "oauth_timestamp")?;
-    required(&params, "oauth_nonce")?;
+    let nonce = required(&params, "oauth_nonce")?;
 
     let secret = clients.get(&consumer_key).ok_or_else(|| failed(format!("unknown consumer key {consumer_key:?}")))?;
 
@@ -124,7 +217,7 @@ pub fn verify(req: &OAuthRequest, clients: &BTreeMap<String, String>, now_unix: 
             return Err(failed(format!("oauth_version {version:?} is not supported, only 1.0")));
         }
     }
-    check_timestamp(&timestamp, now_unix)?;
+    let timestamp = check_timestamp(&timestamp, now_unix, nonces.window_secs())?;
 
     let base_string = signature_base_string(req.method, req.url, &params);
     let claimed = base64::engine::general_purpose::STANDARD
@@ -134,6 +227,9 @@ pub fn verify(req: &OAuthRequest, clients: &BTreeMap<String, String>, now_unix: 
     // nothing about how many leading bytes of a forged signature were right.
     hmac::verify(&signing_key(secret), base_string.as_bytes(), &claimed)
         .map_err(|_| failed(format!("signature mismatch for consumer key {consumer_key:?}")))?;
+    // Only now, with the signature good: a forger can neither fill the cache nor use up
+    // a real client's nonce.
+    nonces.remember(&consumer_key, &nonce, timestamp, now_unix)?;
 
     Ok(consumer_key)
 }
@@ -315,16 +411,14 @@ fn required(params: &[Param], name: &str) -> Result<String, OAuthError> {
     optional(params, name)?.ok_or_else(|| failed(format!("{name} is missing")))
 }
 
-/// Refuses timestamps further than [`TIMESTAMP_WINDOW_SECS`] from `now_unix`, in either
-/// direction, so a captured request stops working after a few minutes.
-fn check_timestamp(timestamp: &str, now_unix: u64) -> Result<(), OAuthError> {
+/// Refuses timestamps further than `window` seconds from `now_unix`, in either direction,
+/// so a captured request stops working after a few minutes. Returns the timestamp.
+fn check_timestamp(timestamp: &str, now_unix: u64, window: u64) -> Result<u64, OAuthError> {
     let ts: u64 = timestamp.parse().map_err(|_| failed(format!("oauth_timestamp {timestamp:?} is not a number")))?;
-    if ts.abs_diff(now_unix) > TIMESTAMP_WINDOW_SECS {
-        return Err(failed(format!(
-            "oauth_timestamp {ts} is more than {TIMESTAMP_WINDOW_SECS} s from the server time {now_unix}"
-        )));
+    if ts.abs_diff(now_unix) > window {
+        return Err(failed(format!("oauth_timestamp {ts} is more than {window} s from the server time {now_unix}")));
     }
-    Ok(())
+    Ok(ts)
 }
 
 #[cfg(test)]
@@ -340,7 +434,7 @@ mod tests {
 
     fn get(url: &str, query: Option<&str>, authorization: Option<&str>) -> Result<String, OAuthError> {
         let req = OAuthRequest { method: "GET", url, query, authorization, form_body: None };
-        verify(&req, &clients(), 1_191_242_096)
+        verify(&req, &clients(), 1_191_242_096, &NonceCache::default())
     }
 
     // Known answer computed independently with python oauthlib 3.x:
@@ -380,11 +474,11 @@ mod tests {
             authorization: Some(header),
             form_body: Some(body),
         };
-        assert_eq!(verify(&req, &clients(), 1_700_000_000), Ok(KEY.to_string()));
+        assert_eq!(verify(&req, &clients(), 1_700_000_000, &NonceCache::default()), Ok(KEY.to_string()));
 
         // The form fields are signed: a changed field breaks the signature.
         req.form_body = Some(b"template=%3Cevil%3E&parameters=%7B%7D");
-        assert!(matches!(verify(&req, &clients(), 1_700_000_000), Err(OAuthError::Failed(_))));
+        assert!(matches!(verify(&req, &clients(), 1_700_000_000, &NonceCache::default()), Err(OAuthError::Failed(_))));
     }
 
     #[test]
@@ -438,7 +532,7 @@ mod tests {
         let url = "http://localhost:8075/imagefactory/base_images";
         let header = sign("GET", url, None, KEY, SECRET, "n", 1_191_242_096);
         let delete = OAuthRequest { method: "DELETE", url, query: None, authorization: Some(&header), form_body: None };
-        assert!(verify(&delete, &clients(), 1_191_242_096).is_err());
+        assert!(verify(&delete, &clients(), 1_191_242_096, &NonceCache::default()).is_err());
         assert!(get("http://localhost:8075/imagefactory/plugins", None, Some(&header)).is_err());
     }
 
@@ -455,6 +549,71 @@ mod tests {
 
         let future = sign("GET", url, None, KEY, SECRET, "n", now + TIMESTAMP_WINDOW_SECS + 1);
         assert!(get(url, None, Some(&future)).is_err());
+    }
+
+    fn get_with(nonces: &NonceCache, header: &str, now: u64) -> Result<String, OAuthError> {
+        let url = "http://localhost:8075/imagefactory/plugins";
+        let req = OAuthRequest { method: "GET", url, query: None, authorization: Some(header), form_body: None };
+        verify(&req, &clients(), now, nonces)
+    }
+
+    fn signed(nonce: &str, ts: u64) -> String {
+        sign("GET", "http://localhost:8075/imagefactory/plugins", None, KEY, SECRET, nonce, ts)
+    }
+
+    #[test]
+    fn a_replayed_request_is_refused() {
+        let nonces = NonceCache::default();
+        let now = 1_700_000_000;
+        let header = signed("once", now);
+        assert_eq!(get_with(&nonces, &header, now), Ok(KEY.to_string()));
+        let err = get_with(&nonces, &header, now + 1).unwrap_err();
+        assert_eq!(err.to_string(), "Unauthorized: authorization failed");
+        assert!(err.log_reason().starts_with("replayed request"), "{err:?}");
+        // Another nonce, or the same nonce with another timestamp, is another request.
+        assert!(get_with(&nonces, &signed("twice", now), now).is_ok());
+        assert!(get_with(&nonces, &signed("once", now + 1), now + 1).is_ok());
+        // After the window the timestamp check refuses the replay by itself.
+        let err = get_with(&nonces, &header, now + TIMESTAMP_WINDOW_SECS + 1).unwrap_err();
+        assert!(err.log_reason().contains("oauth_timestamp"), "{err:?}");
+    }
+
+    #[test]
+    fn a_forged_request_does_not_use_up_a_nonce() {
+        let nonces = NonceCache::default();
+        let now = 1_700_000_000;
+        let forged = sign("GET", "http://localhost:8075/imagefactory/plugins", None, KEY, "guess", "n1", now);
+        assert!(get_with(&nonces, &forged, now).is_err());
+        assert!(nonces.is_empty());
+        assert!(get_with(&nonces, &signed("n1", now), now).is_ok());
+    }
+
+    #[test]
+    fn the_nonce_cache_is_bounded_and_refuses_rather_than_forgets() {
+        let window = 10;
+        let nonces = NonceCache::new(window, 2);
+        let now = 1_700_000_000;
+        let req = |nonce: &str, ts: u64, at: u64| {
+            let header = signed(nonce, ts);
+            let url = "http://localhost:8075/imagefactory/plugins";
+            let r = OAuthRequest { method: "GET", url, query: None, authorization: Some(&header), form_body: None };
+            verify(&r, &clients(), at, &nonces)
+        };
+        assert!(req("a", now, now).is_ok());
+        assert!(req("b", now + 5, now).is_ok());
+        // Full: a new nonce is refused, and the remembered ones still count.
+        let err = req("c", now, now).unwrap_err();
+        assert!(err.log_reason().contains("full"), "{err:?}");
+        assert!(req("a", now, now).unwrap_err().log_reason().starts_with("replayed"));
+        assert_eq!(nonces.len(), 2);
+        // Once "a" (timestamp now) is out of the window it is forgotten, making room;
+        // "b" (timestamp now + 5) is still in it and still refused.
+        assert!(req("c", now + window + 1, now + window + 1).is_ok());
+        assert!(req("b", now + 5, now + window + 1).unwrap_err().log_reason().starts_with("replayed"));
+        assert_eq!(nonces.len(), 2);
+        // An overlong nonce is refused outright.
+        let long = "x".repeat(MAX_NONCE_BYTES + 1);
+        assert!(req(&long, now + 20, now + 20).unwrap_err().log_reason().contains("longer"));
     }
 
     #[test]

@@ -4,41 +4,21 @@
 //! named a PEM file holding the certificate chain and the private key, the default `*` meant
 //! "make a throw-away self-signed certificate at start", and `--no_ssl` meant plain HTTP.
 //! This module covers the two HTTPS cases: [`server_config`] turns a [`TlsSource`] into a
-//! rustls configuration and [`serve_tls`] serves an axum [`Router`] with it.
+//! rustls configuration, which `api::server::serve` serves an axum `Router` with.
 //!
 //! Only the `ring` crypto provider is used, passed explicitly, so the result never depends
 //! on which providers other crates happen to enable (aws-lc-rs also needs cmake and nasm
 //! to build).
+//!
+//! Only TLS 1.2 and TLS 1.3 are offered: `with_safe_default_protocol_versions` is exactly
+//! those two, and rustls implements nothing older (no SSLv3, TLS 1.0 or 1.1), so a client
+//! asking for an older version fails its handshake with a `protocol_version` alert.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::connect_info::ConnectInfo;
-use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tower_service::Service;
-
-/// A client that opens a connection and then says nothing would otherwise hold a task and
-/// a socket for ever; after this long without a finished handshake it is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a stopping server waits for requests in flight before giving up on them.
-/// Long enough for ordinary API calls, short enough not to hang a service restart.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// After a failed `accept` (typically too many open files) wait a little before the next
-/// one instead of spinning on the same error.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where the server's certificate and key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,90 +144,17 @@ fn config_from(
     Ok(Arc::new(config))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` resolves.
-///
-/// Each connection gets its own task: TLS handshake (a failure is logged at debug level
-/// and only ends that connection), then HTTP/1.1 through hyper. Handlers can extract
-/// `ConnectInfo<SocketAddr>` with the client's address, as with
-/// `into_make_service_with_connect_info`.
-///
-/// When `shutdown` resolves, no new connection is accepted, the open ones finish the
-/// request in hand, and the function returns once they have, or after a grace period.
-pub async fn serve_tls(
-    listener: TcpListener,
-    app: Router,
-    config: Arc<rustls::ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(config);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-
-    loop {
-        let (tcp, remote) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(serve_connection(tcp, remote, acceptor.clone(), app.clone(), graceful.watcher()));
-    }
-
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; stopping anyway");
-        }
-    }
-    Ok(())
-}
-
-/// One client connection: handshake, then HTTP until the client or the server closes it.
-async fn serve_connection(tcp: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor, app: Router, watcher: Watcher) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, "TLS handshake timed out");
-            return;
-        }
-    };
-
-    // The router is what axum's own `serve` would call; the client address is put where
-    // the `ConnectInfo` extractor looks for it.
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        let mut router = app.clone();
-        let response = router.call(request);
-        async move {
-            let response = response.await;
-            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
-        }
-    });
-
-    let connection = hyper::server::conn::http1::Builder::new()
-        // The timer lets hyper drop clients that are too slow sending their headers.
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(%remote, error = %e, "HTTPS connection ended with an error");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::server::{serve, Limits};
+    use axum::extract::connect_info::ConnectInfo;
     use axum::routing::get;
+    use axum::Router;
+    use std::net::SocketAddr;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A certificate and key for `localhost`/127.0.0.1 as PEM text, made with rcgen.
     fn pem_pair() -> (String, String) {
@@ -266,6 +173,21 @@ mod tests {
     fn self_signed_config_builds() {
         let config = server_config(&TlsSource::SelfSigned).expect("self-signed config");
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn only_tls_1_2_and_1_3_are_accepted() {
+        let (addr, cert, stop, _server) = start_server().await;
+        // A client held to either version is served.
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let response = https_get(&connector_with(cert.clone(), &[version]), addr, "localhost").await;
+            assert!(response.ends_with("\r\n\r\nok"), "{version:?}: {response}");
+        }
+        // Nothing older is offered: the server takes the default list, which is these two
+        // (rustls implements nothing older; the black-box test tries TLS 1.1 with openssl).
+        let names: Vec<_> = rustls::DEFAULT_VERSIONS.iter().map(|v| v.version).collect();
+        assert_eq!(names, vec![rustls::ProtocolVersion::TLSv1_3, rustls::ProtocolVersion::TLSv1_2]);
+        let _ = stop.send(());
     }
 
     #[test]
@@ -329,11 +251,19 @@ mod tests {
 
     /// A rustls client that trusts exactly `cert`.
     fn connector_trusting(cert: CertificateDer<'static>) -> tokio_rustls::TlsConnector {
+        connector_with(cert, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// A rustls client that trusts exactly `cert` and speaks only `versions`.
+    fn connector_with(
+        cert: CertificateDer<'static>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).expect("add test root");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .expect("protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -351,7 +281,7 @@ mod tests {
         String::from_utf8_lossy(&response).into_owned()
     }
 
-    /// Starts `serve_tls` on an ephemeral loopback port with a router whose `/` answers
+    /// Starts `serve` with TLS on an ephemeral loopback port with a router whose `/` answers
     /// "ok" (only if `ConnectInfo` holds a loopback address), using a self-signed
     /// certificate whose DER is returned so clients can trust it.
     async fn start_server() -> (
@@ -376,7 +306,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_tls(listener, app, config, async move {
+        let server = tokio::spawn(serve(listener, app, Some(config), Limits::default(), async move {
             let _ = stopped.await;
         }));
         (addr, cert, stop, server)

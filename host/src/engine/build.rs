@@ -88,7 +88,7 @@ const PERCENT_PERSIST_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     let span = tracing::info_span!("build", image = %id);
     let _enter = span.enter();
-    let Some(_lock) = inner.store.try_lock(id) else {
+    let Some(lock) = inner.store.try_lock(id) else {
         tracing::error!("another process holds this image's build lock");
         inner.finish_job(id);
         return;
@@ -115,6 +115,9 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     } else {
         build.end(outcome);
     }
+    // Let go of the lock (which removes its file) before the job is announced finished:
+    // a delete waiting for this build to stop takes the lock next.
+    drop(lock);
     inner.finish_job(id);
 }
 

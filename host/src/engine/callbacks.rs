@@ -2,10 +2,73 @@
 //! on every status change, as the original did. Delivery runs on a thread per image so
 //! a slow receiver never holds up a build; PUTs for one image stay in order. Errors are
 //! logged and otherwise ignored.
+//!
+//! The URLs are checked when the request is submitted ([`callback_urls`]): each must be
+//! an absolute `http` or `https` URL with a host (or the word `debug`, which logs the
+//! notification instead of sending it). Anything else is refused before a record exists,
+//! so a `file://` or `ftp://` URL, or a typo, never reaches a build.
 
 use std::sync::mpsc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// The longest part of a refused value quoted back in the error.
+const QUOTED_MAX_CHARS: usize = 200;
+
+/// The callback URLs of a request's parameters: `callbacks` as a list of strings (one
+/// string is taken as a list of one), each checked. The error is one line naming the
+/// first bad value, with any password in it redacted.
+pub fn callback_urls(parameters: &Map<String, Value>) -> Result<Vec<String>, String> {
+    let urls: Vec<&Value> = match parameters.get("callbacks") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list.iter().collect(),
+        Some(one @ Value::String(_)) => vec![one],
+        Some(other) => {
+            return Err(format!("parameters.callbacks must be a list of URLs, not {}", quoted(&other.to_string())))
+        }
+    };
+    urls.into_iter()
+        .map(|v| match v {
+            Value::String(s) => check_url(s).map(|()| s.clone()),
+            other => Err(format!("invalid callback URL {}: not a string", quoted(&other.to_string()))),
+        })
+        .collect()
+}
+
+/// Accepts `debug` and absolute `http`/`https` URLs with a host; nothing else.
+fn check_url(raw: &str) -> Result<(), String> {
+    if raw == "debug" {
+        return Ok(());
+    }
+    let refuse = |why: &str| Err(format!("invalid callback URL {}: {why}", quoted(&redact_url(raw))));
+    let lower = raw.get(..8).unwrap_or(raw).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return refuse("only absolute http:// or https:// URLs are accepted");
+    }
+    // The URL parser forgives stray spaces and control characters; a callback is sent
+    // as given, so they are refused here instead.
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("it contains spaces or control characters");
+    }
+    // `https:///x` would parse with `x` as its host; a host must follow the `//`.
+    let after_scheme = raw.split_once("://").map_or("", |(_, rest)| rest);
+    if after_scheme.is_empty() || after_scheme.starts_with(['/', '?', '#']) {
+        return refuse("it has no host");
+    }
+    match url::Url::parse(raw) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Ok(_) => refuse("it has no host"),
+        Err(e) => refuse(&e.to_string()),
+    }
+}
+
+/// A value quoted for a one-line message: escaped (no newline survives) and shortened.
+fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_MAX_CHARS) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
 
 /// Sends PUTs for one image, in order, on a thread of its own.
 pub struct CallbackSender {
@@ -96,6 +159,53 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn params(callbacks: Value) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("callbacks".into(), callbacks);
+        m
+    }
+
+    #[test]
+    fn good_callback_urls_are_accepted() {
+        let ok = params(serde_json::json!(["http://127.0.0.1:9/cb", "HTTPS://bob:pw@example.com", "debug"]));
+        assert_eq!(callback_urls(&ok).unwrap().len(), 3);
+        assert_eq!(callback_urls(&params(Value::String("http://h/p".into()))).unwrap(), vec!["http://h/p"]);
+        assert!(callback_urls(&Map::new()).unwrap().is_empty());
+        assert!(callback_urls(&params(Value::Null)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_callback_urls_are_refused_with_one_line_naming_them() {
+        for bad in [
+            "not a url",
+            "file:///etc/passwd",
+            "ftp://x",
+            "http://",
+            "https:///path-only",
+            "http:/x",
+            "//host/p",
+            "http://h/a b",
+            "http://h/\nx",
+            "",
+        ] {
+            let err = callback_urls(&params(serde_json::json!(["http://ok/", bad]))).unwrap_err();
+            assert!(err.starts_with("invalid callback URL "), "{bad:?}: {err}");
+            assert!(err.contains(&format!("{:?}", bad)), "{bad:?} not named in: {err}");
+            assert!(!err.contains('\n'), "{err:?}");
+        }
+        // A password in a refused URL is not echoed.
+        let err = callback_urls(&params(serde_json::json!(["ftp://bob:hunter2@x/"]))).unwrap_err();
+        assert!(!err.contains("hunter2") && err.contains("bob:REDACTED@x"), "{err}");
+        // Not a list of strings.
+        let err = callback_urls(&params(serde_json::json!({"a": 1}))).unwrap_err();
+        assert!(err.starts_with("parameters.callbacks must be a list of URLs"), "{err}");
+        let err = callback_urls(&params(serde_json::json!([7]))).unwrap_err();
+        assert_eq!(err, "invalid callback URL \"7\": not a string");
+        // A long value is shortened.
+        let long = format!("gopher://{}", "a".repeat(5000));
+        assert!(callback_urls(&params(serde_json::json!([long]))).unwrap_err().len() < 400);
+    }
 
     #[test]
     fn userinfo_becomes_basic_auth_and_is_redacted() {

@@ -25,7 +25,7 @@ use crate::plugins::{PluginRegistry, ResolvedPlugin};
 use crate::store::{Query, Store};
 use crate::template;
 
-pub use callbacks::redact_url;
+pub use callbacks::{callback_urls, redact_url};
 
 /// Why a request was refused. Each maps to one HTTP status and one line of text.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +175,7 @@ impl Engine {
         template: &str,
         parameters: Map<String, Value>,
     ) -> Result<ImageRecord, EngineError> {
+        check_parameters(&parameters)?;
         let plugin = self.os_plugin_for(template)?;
         let rec = self.inner.new_record(ImageKind::BaseImage, Some(template.to_string()), &parameters, |_| {})?;
         self.inner.start(&rec.identifier, &parameters, build::Plan::Base { plugin });
@@ -190,6 +191,7 @@ impl Engine {
         template: Option<&str>,
         parameters: Map<String, Value>,
     ) -> Result<ImageRecord, EngineError> {
+        check_parameters(&parameters)?;
         if target.trim().is_empty() {
             return Err(EngineError::BadRequest("Missing key/value pair: target".into()));
         }
@@ -231,6 +233,7 @@ impl Engine {
         if !missing.is_empty() {
             return Err(EngineError::BadRequest(format!("Missing key/value pair: {}", missing.join(", "))));
         }
+        check_parameters(&req.parameters)?;
         let cloud = self.inner.plugins.cloud_plugin(&req.target).map_err(|e| EngineError::BadRequest(e.to_string()))?;
         let snapshot = imagefactory_plugin_api::ops::parameter_as_bool(&req.parameters, "snapshot") == Some(true);
         let provider_name = provider_display_name(&req.provider);
@@ -276,6 +279,7 @@ impl Engine {
     /// Imports an existing disk file as a COMPLETE base image. `parameters` may name the
     /// OS (`os_name`, `os_version`, `os_arch`) for the synthesized template.
     pub fn import_base_image(&self, file: &Path, parameters: Map<String, Value>) -> Result<ImageRecord, EngineError> {
+        check_parameters(&parameters)?;
         if !file.is_file() {
             return Err(EngineError::BadRequest(format!("{} is not a readable file", file.display())));
         }
@@ -441,15 +445,25 @@ fn provider_display_name(provider: &str) -> String {
     p.trim_start_matches('@').to_string()
 }
 
+/// Checks the parameters every kind of request shares, before anything is stored:
+/// `callbacks` must be http(s) URLs (see [`callback_urls`]).
+fn check_parameters(parameters: &Map<String, Value>) -> Result<(), EngineError> {
+    callback_urls(parameters).map(|_| ()).map_err(EngineError::BadRequest)
+}
+
 /// Parameters as stored: callback URLs lose their passwords.
 fn stored_parameters(parameters: &Map<String, Value>) -> Map<String, Value> {
     let mut out = parameters.clone();
-    if let Some(Value::Array(urls)) = out.get_mut("callbacks") {
-        for u in urls.iter_mut() {
-            if let Value::String(s) = u {
-                *s = redact_url(s);
+    match out.get_mut("callbacks") {
+        Some(Value::Array(urls)) => {
+            for u in urls.iter_mut() {
+                if let Value::String(s) = u {
+                    *s = redact_url(s);
+                }
             }
         }
+        Some(Value::String(s)) => *s = redact_url(s),
+        _ => {}
     }
     out
 }
@@ -500,11 +514,8 @@ impl Inner {
 
     /// Registers the job and starts its build thread.
     fn start(self: &Arc<Self>, id: &str, parameters: &Map<String, Value>, plan: build::Plan) {
-        let urls: Vec<String> = parameters
-            .get("callbacks")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
+        // Checked at submission; a delete's (empty) parameters have none.
+        let urls = callback_urls(parameters).unwrap_or_default();
         let job = Arc::new(Job {
             cancel: AtomicBool::new(false),
             callbacks: (!urls.is_empty()).then(|| callbacks::CallbackSender::start(id.to_string(), urls)),
