@@ -10,6 +10,7 @@ import re
 import time
 import urllib.request
 
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -31,7 +32,8 @@ def wait_row(browser, image_id, status=None, timeout=30):
         r = row(b, image_id)
         return r if r is not None and (status is None or r.get_attribute("data-status") == status) else None
 
-    return WebDriverWait(browser, timeout).until(ready)
+    # A row's content is rebuilt when its image changes: look again when it was.
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(ready)
 
 
 def set_field(browser, element_id, text):
@@ -76,11 +78,15 @@ def test_a_build_started_from_the_page_moves_live_to_complete(daemon, browser):
     deadline = time.time() + 60
     while time.time() < deadline:
         r = row(browser, image_id)
-        if r is not None:
-            seen_status.append(r.get_attribute("data-status"))
-            seen_percent.append(int(r.find_element(By.TAG_NAME, "progress").get_attribute("value")))
-            if seen_status[-1] in ("COMPLETE", "FAILED"):
-                break
+        try:
+            if r is not None:
+                status = r.get_attribute("data-status")
+                seen_percent.append(int(r.find_element(By.TAG_NAME, "progress").get_attribute("value")))
+                seen_status.append(status)
+                if status in ("COMPLETE", "FAILED"):
+                    break
+        except StaleElementReferenceException:
+            pass
         time.sleep(0.1)
     assert seen_status and seen_status[-1] == "COMPLETE", seen_status
     assert "BUILDING" in seen_status, f"the row never showed BUILDING: {set(seen_status)}"

@@ -136,12 +136,34 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+// Rows are kept per image and only rebuilt when what they show changes, so a row (and
+// whatever the user points at in it) stays the same element while other images move.
+const rows = new Map(); // id -> {key, element}
+
 function row(img, depth) {
+  const key = JSON.stringify([img.status, img.activity, img.error, img.percent, depth, state.selected === img.id]);
+  const cached = rows.get(img.id);
+  if (cached && cached.key === key) return cached.element;
+  const fresh = buildRow(img, depth);
+  if (cached) {
+    // Keep the element; take the new one's attributes and content.
+    for (const a of Array.from(cached.element.attributes)) cached.element.removeAttribute(a.name);
+    for (const a of Array.from(fresh.attributes)) cached.element.setAttribute(a.name, a.value);
+    cached.element.replaceChildren(...fresh.childNodes);
+    cached.key = key;
+    return cached.element;
+  }
+  fresh.addEventListener('click', () => openDetail(img.id));
+  rows.set(img.id, { key, element: fresh });
+  return fresh;
+}
+
+function buildRow(img, depth) {
   const coll = COLLECTIONS[img.type];
   const final = FINAL.has(img.status);
   const r = el(
     'div',
-    { class: `row depth-${depth}` + (state.selected === img.id ? ' selected' : ''), role: 'treeitem', 'data-id': img.id, 'data-status': img.status, onclick: () => openDetail(img.id) },
+    { class: `row depth-${depth}` + (state.selected === img.id ? ' selected' : ''), role: 'treeitem', 'data-id': img.id, 'data-status': img.status },
     el('span', { class: 'kind' }, img.type.replace('_image', '')),
     el('span', { class: 'id', title: img.id }, img.id.slice(0, 8)),
     el('span', { class: `status s-${img.status}` }, img.status),
@@ -167,15 +189,18 @@ function row(img, depth) {
 
 function render() {
   const box = $('images');
-  box.replaceChildren();
+  const shown = [];
   const ids = new Set(state.order);
   const roots = state.order.map((i) => state.images.get(i)).filter((m) => m && (m.type === 'base_image' ||
     (m.type === 'target_image' && !ids.has(m.base)) || (m.type === 'provider_image' && !ids.has(m.target))));
   const walk = (img, depth) => {
-    box.append(row(img, depth));
+    shown.push(row(img, depth));
     for (const c of childrenOf(img.id)) walk(c, depth + 1);
   };
   for (const r of roots) walk(r, r.type === 'base_image' ? 0 : 1);
+  for (const id of rows.keys()) if (!state.images.has(id)) rows.delete(id);
+  // Moves the kept elements into order; only new rows are new elements.
+  box.replaceChildren(...shown);
   $('empty').hidden = state.images.size > 0;
 }
 
