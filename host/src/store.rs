@@ -239,6 +239,22 @@ impl Store {
         Ok(kept)
     }
 
+    /// Writes one kept file of an image (atomically: a temporary file renamed over it).
+    pub fn write_file(&self, id: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if !is_plain_id(id) || !is_plain_file_name(name) {
+            return Err(StoreError::Write {
+                path: self.files_dir(id).join(name),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"),
+            });
+        }
+        let dir = self.files_dir(id);
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Write { path: dir.clone(), source })?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let target = dir.join(name);
+        fs::write(&tmp, bytes).map_err(|source| StoreError::Write { path: tmp.clone(), source })?;
+        fs::rename(&tmp, &target).map_err(|source| StoreError::Write { path: target.clone(), source })
+    }
+
     /// The names of the files kept with an image, sorted.
     pub fn kept_files(&self, id: &str) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.files_dir(id))

@@ -216,10 +216,11 @@ fn files_a_failing_plugin_left_are_kept_with_the_image_and_served() {
     assert_eq!(file.header("content-type"), Some("text/plain; charset=utf-8"));
     d.get(&format!("/imagefactory/base_images/{id}/files/other.log")).expect(404);
     d.get(&format!("/imagefactory/base_images/{id}/files/..%2Fx")).expect(404);
-    // An image without kept files lists none; deleting an image removes its files.
+    // A complete image whose plugin left no files keeps only its SBOM; deleting an
+    // image removes its files.
     let ok = d.create_base(&mock_tdl(), json!({}));
     d.wait_complete(&ok, "base_images");
-    assert_eq!(d.get(&format!("/imagefactory/base_images/{ok}/files")).json()["files"], json!([]));
+    assert_eq!(d.get(&format!("/imagefactory/base_images/{ok}/files")).json()["files"], json!(["sbom.spdx.json"]));
     d.delete(&format!("/imagefactory/base_images/{id}")).expect(204);
     wait_for(Duration::from_secs(30), "the image's files to go", || {
         (!d.storage().join(format!("{id}.files")).exists()).then_some(())

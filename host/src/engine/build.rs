@@ -103,8 +103,10 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     let build = Build { inner, id, job, secrets, last_percent: std::cell::Cell::new((None, 0)) };
     let is_delete = matches!(plan, Plan::Delete { .. });
     let outcome = match plan {
-        Plan::Base { plugin } => build.base(&plugin),
-        Plan::Target { base_id, os, cloud } => build.target(&base_id, &os, &cloud),
+        Plan::Base { plugin } => build.base(&plugin).and_then(|()| build.write_sbom(None)),
+        Plan::Target { base_id, os, cloud } => {
+            build.target(&base_id, &os, &cloud).and_then(|()| build.write_sbom(Some(&base_id)))
+        }
         Plan::Push { target_id, cloud, provider, credentials } => build.push(&target_id, &cloud, provider, credentials),
         Plan::Snapshot { cloud, provider, credentials } => build.snapshot(&cloud, provider, credentials),
         Plan::Import { file } => build.import(&file),
@@ -197,6 +199,51 @@ impl Build<'_> {
         } else {
             Ok(())
         }
+    }
+
+    /// Writes the image's SBOM (see [`super::sbom`]): the plugin's document, else the
+    /// base's packages (a target), else the ICICLE's; finished with the body's SHA-256
+    /// and, for a target, the reference to its base's document.
+    fn write_sbom(&self, base_id: Option<&str>) -> Step<()> {
+        use super::sbom;
+        let rec = self.current()?;
+        self.activity("Writing the SBOM (the image's SHA-256 and its packages)");
+        let read = |path: &std::path::Path| -> Option<Value> {
+            std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        };
+        let files = self.inner.store.files_dir(self.id);
+        let own = files.join(sbom::FILE_NAME);
+        let base_file = base_id.map(|b| self.inner.store.files_dir(b).join(sbom::FILE_NAME));
+        let base_doc = base_file.as_deref().and_then(read);
+        let template = self.inner.template_of(&rec).unwrap_or_default();
+        let parsed = imagefactory_plugin_api::tdl::Template::parse(&template, &Default::default()).ok();
+        let image_name = parsed.as_ref().map(|t| t.name.clone()).unwrap_or_else(|| "image".to_string());
+        let doc = match (read(&own), &base_doc) {
+            (Some(d), _) => d,
+            (None, Some(b)) => sbom::document(sbom::packages_of(b)),
+            (None, None) => {
+                let os = parsed.as_ref().map(|t| t.os.name.clone()).unwrap_or_default();
+                sbom::document(sbom::packages_from_icicle(rec.icicle.as_deref().unwrap_or(""), &os))
+            }
+        };
+        let sha256 = sbom::sha256_file(std::path::Path::new(&rec.data))
+            .map_err(|e| Failure::msg(format!("cannot read the image body to hash it: {e}")))?;
+        let base_ref = match (base_id, base_file.as_deref(), &base_doc) {
+            (Some(id), Some(path), Some(_)) => Some(sbom::BaseRef {
+                image_id: id,
+                document_sha1: sbom::BaseRef::sha1_of(path)
+                    .map_err(|e| Failure::msg(format!("cannot read the base image's SBOM: {e}")))?,
+            }),
+            _ => None,
+        };
+        let doc = sbom::finish(doc, &rec, &image_name, &sha256, base_ref.as_ref());
+        let text = serde_json::to_vec_pretty(&doc).map_err(|e| Failure::msg(format!("cannot write the SBOM: {e}")))?;
+        self.inner
+            .store
+            .write_file(self.id, sbom::FILE_NAME, &text)
+            .map_err(|e| Failure::msg(format!("cannot keep the SBOM: {e}")))?;
+        self.log("INFO", &format!("SBOM: {} packages, image sha256 {sha256}", sbom::package_names(&doc).len()));
+        Ok(())
     }
 
     /// Records the end of a build: COMPLETE, or FAILED with the one-line error.

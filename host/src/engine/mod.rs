@@ -10,6 +10,7 @@
 mod build;
 mod callbacks;
 pub mod events;
+pub mod sbom;
 mod slots;
 
 use std::collections::HashMap;
