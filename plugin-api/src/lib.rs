@@ -53,6 +53,7 @@
 pub mod abi;
 pub mod manifest;
 pub mod ops;
+pub mod sbom;
 pub mod sdk;
 pub mod tdl;
 pub mod xml;

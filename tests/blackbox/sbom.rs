@@ -4,50 +4,16 @@
 //! SHA-256 of its body, its ICICLE's packages, and a target's document generated from
 //! its base's.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use imagefactory_blackbox::*;
 use serde_json::{json, Value};
-
-fn pyspdxtools() -> PathBuf {
-    let services = std::env::var_os("IMAGEFACTORY_SERVICES")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/imagefactory"));
-    let tool = services.join("spdx/bin/pyspdxtools");
-    assert!(tool.is_file(), "{} is missing: run scripts/setup.sh (PyPI package spdx-tools)", tool.display());
-    tool
-}
-
-/// Validates with pyspdxtools; panics with its words unless the document is valid.
-fn assert_valid_spdx(path: &Path) {
-    let out = Command::new(pyspdxtools()).arg("-i").arg(path).output().expect("run pyspdxtools");
-    assert!(
-        out.status.success(),
-        "pyspdxtools refused {}:\n{}{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A tool's hex digest of a file (`sha256sum`, `sha1sum`).
-fn digest(tool: &str, path: &Path) -> String {
-    let out = Command::new(tool).arg(path).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
-}
+use testkit::spdx::{assert_valid as assert_valid_spdx, described, digest};
 
 fn sbom(d: &Daemon, collection: &str, id: &str) -> (Value, PathBuf) {
     let r = d.get(&format!("/imagefactory/{collection}/{id}/files/sbom.spdx.json"));
     r.expect(200);
     (r.json(), d.storage().join(format!("{id}.files/sbom.spdx.json")))
-}
-
-fn described(doc: &Value) -> &Value {
-    let rel = doc["relationships"].as_array().and_then(|r| r.iter().find(|r| r["relationshipType"] == "DESCRIBES"));
-    let id = rel.and_then(|r| r["relatedSpdxElement"].as_str()).expect("a DESCRIBES relationship");
-    doc["packages"].as_array().and_then(|p| p.iter().find(|p| p["SPDXID"] == id)).expect("the described package")
 }
 
 #[test]

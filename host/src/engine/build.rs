@@ -220,10 +220,17 @@ impl Build<'_> {
         let image_name = parsed.as_ref().map(|t| t.name.clone()).unwrap_or_else(|| "image".to_string());
         let doc = match (read(&own), &base_doc) {
             (Some(d), _) => d,
-            (None, Some(b)) => sbom::document(sbom::packages_of(b)),
+            (None, Some(b)) => {
+                let mut d = sbom::with_packages(sbom::packages_of(b));
+                // A base's licenses that SPDX has no id for come along with its packages.
+                if let Some(x) = b.get("hasExtractedLicensingInfos") {
+                    d["hasExtractedLicensingInfos"] = x.clone();
+                }
+                d
+            }
             (None, None) => {
                 let os = parsed.as_ref().map(|t| t.os.name.clone()).unwrap_or_default();
-                sbom::document(sbom::packages_from_icicle(rec.icicle.as_deref().unwrap_or(""), &os))
+                sbom::with_packages(sbom::packages_from_icicle(rec.icicle.as_deref().unwrap_or(""), &os))
             }
         };
         let sha256 = sbom::sha256_file(std::path::Path::new(&rec.data))

@@ -13,15 +13,12 @@
 use std::io::Read;
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::image::ImageRecord;
 
-/// The name of the kept file.
-pub const FILE_NAME: &str = "sbom.spdx.json";
-
-/// The SPDX id of the image's own package in every document.
-pub const IMAGE_SPDX_ID: &str = "SPDXRef-Image";
+pub use imagefactory_plugin_api::sbom::{document, package_json, spdx_id, FILE_NAME, IMAGE_SPDX_ID};
+use imagefactory_plugin_api::sbom::{purl_encode, Package};
 
 /// The document's namespace: unique per image. `.invalid` is a reserved name that is
 /// never a real host (RFC 2606).
@@ -48,12 +45,6 @@ fn digest_file(path: &Path, algorithm: &'static ring::digest::Algorithm) -> std:
     Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// An SPDX id made of a name: letters, digits, `.` and `-` only.
-pub fn spdx_id(prefix: &str, name: &str) -> String {
-    let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
-    format!("SPDXRef-{prefix}-{clean}")
-}
-
 /// The package entries of an ICICLE (`<package name="..."/>`), as SPDX packages. RPM
 /// names (`name-version-release.arch`) of Red Hat family images become `pkg:rpm` purls;
 /// anything else is a `pkg:generic` one.
@@ -72,12 +63,15 @@ pub fn packages_from_icicle(icicle: &str, os_name: &str) -> Vec<Value> {
         let Some(full) = p.attribute("name") else { continue };
         let rpm = namespace.and_then(|ns| split_rpm(full).map(|r| (ns, r)));
         let (name, version, purl) = match rpm {
-            Some((ns, (name, version, arch))) => {
-                (name.to_string(), Some(version.to_string()), format!("pkg:rpm/{ns}/{name}@{version}?arch={arch}"))
-            }
-            None => (full.to_string(), None, format!("pkg:generic/{}", percent_encode(full))),
+            Some((ns, (name, version, arch))) => (
+                name.to_string(),
+                Some(version.to_string()),
+                format!("pkg:rpm/{ns}/{}@{}?arch={arch}", purl_encode(name), purl_encode(version)),
+            ),
+            None => (full.to_string(), None, format!("pkg:generic/{}", purl_encode(full))),
         };
-        out.push(package(&spdx_id("Package", &format!("{i}-{name}")), &name, version.as_deref(), None, &purl));
+        let p = Package { name, version, license: None, purl };
+        out.push(package_json(&spdx_id("Package", &format!("{i}-{}", p.name)), &p));
     }
     out
 }
@@ -90,41 +84,11 @@ fn split_rpm(full: &str) -> Option<(&str, &str, &str)> {
     Some((name, &nvr[name.len() + 1..], arch))
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// One SPDX package entry.
-pub fn package(spdx_id: &str, name: &str, version: Option<&str>, license: Option<&str>, purl: &str) -> Value {
-    let mut p = json!({
-        "SPDXID": spdx_id,
-        "name": name,
-        "downloadLocation": "NOASSERTION",
-        "filesAnalyzed": false,
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": license.unwrap_or("NOASSERTION"),
-        "copyrightText": "NOASSERTION",
-        "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}],
-    });
-    if let Some(v) = version {
-        p["versionInfo"] = v.into();
-    }
-    p
-}
-
-/// A document holding `packages` (the plugin's part, before [`finish`]).
-pub fn document(packages: Vec<Value>) -> Value {
-    json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "packages": packages,
-    })
+/// A document holding already-made package entries (from an ICICLE, or a base's).
+pub fn with_packages(packages: Vec<Value>) -> Value {
+    let mut doc = document(&[], &[]);
+    doc["packages"] = Value::Array(packages);
+    doc
 }
 
 /// The base image a target's document refers to.
@@ -232,11 +196,6 @@ pub fn package_names(doc: &Value) -> Vec<String> {
     packages_of(doc).iter().filter_map(|p| p["name"].as_str().map(str::to_string)).collect()
 }
 
-/// An empty object, for callers that build a document from nothing.
-pub fn empty() -> Value {
-    Value::Object(Map::new())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +225,8 @@ mod tests {
     fn finish_describes_the_image_and_links_the_base() {
         let mut rec = ImageRecord::new(ImageKind::TargetImage, "t-1".into(), "/s/t-1.body".into());
         rec.target = Some("ec2".into());
-        let doc = document(packages_from_icicle(r#"<icicle><packages><package name="a"/></packages></icicle>"#, "x"));
+        let doc =
+            with_packages(packages_from_icicle(r#"<icicle><packages><package name="a"/></packages></icicle>"#, "x"));
         let base = BaseRef { image_id: "b-1", document_sha1: "00".repeat(20) };
         let d = finish(doc, &rec, "demo", &"ab".repeat(32), Some(&base));
         assert_eq!(d["packages"][0]["SPDXID"], IMAGE_SPDX_ID);

@@ -15,7 +15,7 @@ use imagefactory_plugin_api::tdl::{ParseOptions, Template};
 
 use crate::error::DebianError;
 use crate::plan::Plan;
-use crate::{bootstrap, customize, icicle, mirror, password, sources, system};
+use crate::{bootstrap, customize, icicle, mirror, password, sbom, sources, system};
 
 /// Host tools the Debian build runs besides the disk tools.
 const DEBIAN_TOOLS: &[Tool] =
@@ -50,6 +50,16 @@ pub fn create_base_image(host: &Host, req: &BaseImageRequest) -> Result<BaseImag
             other => PluginError::new(other.to_string()),
         }
     })
+}
+
+/// Writes the image's packages for its SBOM into the files the host keeps.
+pub(crate) fn write_sbom(
+    host: &Host,
+    packages: &[imagefactory_plugin_api::sbom::Package],
+    licenses: &[imagefactory_plugin_api::sbom::ExtractedLicense],
+) -> Result<(), DebianError> {
+    imagefactory_plugin_api::sbom::write(host, packages, licenses)
+        .map_err(|e| DebianError::Disk(DiskError::Unexpected(e.to_string())))
 }
 
 fn check_cancelled(host: &Host) -> Result<(), DebianError> {
@@ -136,6 +146,8 @@ fn build(host: &Host, req: &BaseImageRequest) -> Result<BaseImageOutcome, Debian
         None => None,
     };
     let icicle = icicle::from_dpkg_query(&packages, template.description.as_deref(), extra.as_deref());
+    let (sbom_packages, licenses) = sbom::collect(&chroot, plan.release.number, &debug)?;
+    write_sbom(host, &sbom_packages, &licenses)?;
 
     host.activity("Cleaning up the image");
     host.percent(78);

@@ -30,6 +30,7 @@ pub mod mirror;
 pub mod password;
 pub mod plan;
 pub mod release;
+pub mod sbom;
 pub mod sources;
 pub mod system;
 pub mod target;

@@ -69,6 +69,14 @@ fn apply(host: &Host, req: &TargetImageRequest) -> Result<TargetImageOutcome, De
             return Err(DebianError::Disk(DiskError::Cancelled));
         }
     }
+    // The target's packages changed: its SBOM lists them as they are now.
+    let release = tdl::Template::parse(&req.template, &tdl::ParseOptions::default())
+        .ok()
+        .and_then(|t| crate::release::Release::parse(&t.os.version).ok())
+        .map(|r| r.number)
+        .unwrap_or(0);
+    let (packages, licenses) = crate::sbom::collect(&chroot, release, &debug)?;
+    crate::build::write_sbom(host, &packages, &licenses)?;
     let mut properties = Parameters::new();
     properties.insert("target_content_applied".into(), true.into());
     Ok(TargetImageOutcome { icicle: None, properties })

@@ -51,6 +51,45 @@ fn build(f: &Factory, args: &[&str]) -> String {
     id
 }
 
+/// The image's SBOM: valid SPDX (pyspdxtools), the image described with its body's
+/// SHA-256, every package the ICICLE lists as a `pkg:deb` purl, licenses read from the
+/// packages' copyright files, and a target's document generated from its base's.
+fn check_sbom(f: &Factory, id: &str, base: Option<&str>) {
+    let path = f.storage().join(format!("{id}.files/sbom.spdx.json"));
+    testkit::spdx::assert_valid(&path);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("the SBOM")).expect("the SBOM is JSON");
+    let image = testkit::spdx::described(&doc);
+    assert_eq!(image["checksums"][0]["checksumValue"], testkit::spdx::digest("sha256sum", &f.body(id)));
+    let q = f.run(&["images", &format!("{{\"identifier\": \"{id}\"}}")], Duration::from_secs(60));
+    let rec: serde_json::Value = serde_json::from_str(&q.stdout).expect("images prints JSON");
+    let icicle = rec["icicle"].as_str().expect("an ICICLE");
+    let packages: Vec<&serde_json::Value> =
+        doc["packages"].as_array().expect("packages").iter().filter(|p| p["SPDXID"] != image["SPDXID"]).collect();
+    // The ICICLE's entries are `name-version.arch`.
+    for entry in icicle.split("<package name=\"").skip(1).filter_map(|e| e.split('"').next()) {
+        let listed = packages.iter().any(|p| {
+            let (n, v) = (p["name"].as_str().unwrap_or(""), p["versionInfo"].as_str().unwrap_or(""));
+            entry.starts_with(&format!("{n}-{v}."))
+        });
+        assert!(listed, "{id}: the SBOM does not list the ICICLE's {entry}");
+    }
+    let bash = packages.iter().find(|p| p["name"] == "bash").expect("bash in the SBOM");
+    assert!(bash["externalRefs"][0]["referenceLocator"]
+        .as_str()
+        .is_some_and(|l| l.starts_with("pkg:deb/debian/bash@")));
+    assert!(bash["licenseDeclared"].as_str().is_some_and(|l| l.starts_with("GPL-3.0")), "bash: {bash}");
+    let with_license = packages.iter().filter(|p| p["licenseDeclared"] != "NOASSERTION").count();
+    println!("FIGURES: SBOM of {id}: {} packages, {with_license} with a declared license", packages.len());
+    if let Some(base) = base {
+        assert_eq!(
+            doc["externalDocumentRefs"][0]["spdxDocument"],
+            format!("https://imagefactory.invalid/spdxdocs/{base}"),
+            "{id}: not generated from its base's document"
+        );
+    }
+}
+
 /// The boot-report lines (`cloud-info: ...`) the console shows.
 fn cloud_lines(b: &Booted) -> Vec<String> {
     b.console
@@ -83,6 +122,7 @@ fn every_cloud_target_of_a_debian12_base_boots_with_its_changes() {
     let started = Instant::now();
     let base = build(&f, &["base_image", t.to_str().expect("utf-8")]);
     println!("FIGURES: Debian 12 base built in {:.0} s", started.elapsed().as_secs_f64());
+    check_sbom(&f, &base, None);
 
     // (label, target, extra CLI arguments, the format qemu must find)
     let targets: [(&str, &str, &[&str], &str); 5] = [
@@ -103,6 +143,7 @@ fn every_cloud_target_of_a_debian12_base_boots_with_its_changes() {
             let t0 = Instant::now();
             let id = build(&f, &args);
             let made = t0.elapsed();
+            check_sbom(&f, &id, Some(&base));
             let mut disk = f.body(&id);
             if label.ends_with("OVA") {
                 disk = disk_of_ova(&disk, &f.dir.path().join(format!("{id}.ova.d")));

@@ -12,6 +12,7 @@
 //! - [`disk::SparseDisk`]: sparse raw disks with data at a stride, for conversions and
 //!   pushes;
 //! - [`tls::LocalCa`]: a private CA and a server certificate for HTTPS on loopback.
+//! - [`spdx`]: SPDX documents checked by pyspdxtools.
 //! - [`guestkit`]: the test kernel setup unpacks and busybox initramfs images for real
 //!   qemu guests.
 //!
@@ -23,6 +24,7 @@ pub mod disk;
 pub mod guestkit;
 pub mod process;
 pub mod proxy;
+pub mod spdx;
 pub mod tls;
 
 use std::net::TcpListener;
