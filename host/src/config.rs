@@ -66,6 +66,9 @@ pub struct Config {
     /// Seconds a client has to send a request's head, and again its body (and to finish
     /// a TLS handshake, at most 30). Responses are never cut off.
     pub request_timeout: u64,
+    /// Image events the daemon holds for event-stream clients that resume; also how far
+    /// behind a live client may fall before it is disconnected.
+    pub event_history: usize,
     /// Plugin-specific keys passed through to plugins untouched.
     #[serde(skip)]
     pub extra: BTreeMap<String, Value>,
@@ -95,6 +98,7 @@ impl Default for Config {
             max_request_bytes: 16 * 1024 * 1024,
             max_connections: 1024,
             request_timeout: 60,
+            event_history: crate::engine::events::HISTORY,
             extra: BTreeMap::new(),
         }
     }
@@ -148,6 +152,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max_request_bytes",
     "max_connections",
     "request_timeout",
+    "event_history",
 ];
 
 /// Keys plugins read (passed through in `extra`, never warned about).
@@ -232,6 +237,9 @@ impl Config {
         }
         if self.request_timeout == 0 {
             return Err("request_timeout must be at least 1 second".into());
+        }
+        if !(16..=1_000_000).contains(&self.event_history) {
+            return Err("event_history must be between 16 and 1000000 events".into());
         }
         Ok(())
     }

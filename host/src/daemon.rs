@@ -40,6 +40,9 @@ pub struct DaemonArgs {
     no_oauth: bool,
 }
 
+/// Threads of the blocking pool (store reads and listings queue for one when all are busy).
+const MAX_BLOCKING_THREADS: usize = 16;
+
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit code.
 pub fn main() -> i32 {
     let args = DaemonArgs::parse();
@@ -89,8 +92,17 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let limits = config.server_limits();
     let state = ApiState::new(engine, Arc::new(config), tls_config.is_some());
     let app = api::router(state);
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    // Bounded threads: one async worker per core (at most 4: the API's work is short)
+    // and a bounded blocking pool (store reads, listings). Tokio's default of 512
+    // blocking threads let a burst of clients grow the daemon by a thread stack each.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(10))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;

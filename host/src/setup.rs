@@ -69,6 +69,7 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
         require_root_pw: config.tdl_require_root_pw,
         target_content,
         settings: plugin_settings(config),
+        event_history: config.event_history,
     };
     Ok(Engine::new(store, plugins, engine_config))
 }

@@ -70,6 +70,9 @@ struct Index {
     /// The directory's mtime after our last scan or write; a different value means
     /// another process changed the store.
     dir_mtime: Option<SystemTime>,
+    /// Bumped by every change to the index, so a caller can tell whether what it derived
+    /// from an earlier query (a serialized listing) still holds.
+    generation: u64,
 }
 
 /// The file store.
@@ -148,6 +151,7 @@ fn parent_of(rec: &ImageRecord) -> Option<&String> {
 impl Index {
     fn insert(&mut self, rec: ImageRecord, modified: SystemTime) {
         self.remove(&rec.identifier);
+        self.generation += 1;
         if let Some(parent) = parent_of(&rec) {
             self.children.entry(parent.clone()).or_default().insert(rec.identifier.clone());
         }
@@ -156,6 +160,7 @@ impl Index {
 
     fn remove(&mut self, id: &str) {
         if let Some((old, _)) = self.records.remove(id) {
+            self.generation += 1;
             if let Some(parent) = parent_of(&old) {
                 if let Some(set) = self.children.get_mut(parent) {
                     set.remove(id);
@@ -182,7 +187,12 @@ impl Store {
         fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir { path: dir.clone(), source })?;
         let store = Store {
             dir,
-            index: RwLock::new(Index { records: HashMap::new(), children: HashMap::new(), dir_mtime: None }),
+            index: RwLock::new(Index {
+                records: HashMap::new(),
+                children: HashMap::new(),
+                dir_mtime: None,
+                generation: 0,
+            }),
         };
         store.refresh();
         Ok(store)
@@ -388,6 +398,14 @@ impl Store {
         Some(rec)
     }
 
+    /// The index's generation after picking up changes made on disk by other processes:
+    /// it differs from an earlier value exactly when a record was added, changed or
+    /// removed since. Read it before a query to key what is derived from that query.
+    pub fn generation(&self) -> u64 {
+        self.refresh();
+        self.index.read().unwrap_or_else(|p| p.into_inner()).generation
+    }
+
     /// Every record matching the query, oldest first. A query by parent id uses the
     /// parent index instead of scanning every record.
     pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
@@ -528,6 +546,25 @@ mod tests {
 
     fn record(kind: ImageKind, id: &str) -> ImageRecord {
         ImageRecord::new(kind, id.to_string(), format!("/x/{id}.body"))
+    }
+
+    #[test]
+    fn the_generation_moves_with_every_change_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let g0 = store.generation();
+        assert_eq!(store.generation(), g0, "nothing changed");
+        let rec = record(ImageKind::BaseImage, "6a0e1c3e-0000-4000-8000-000000000001");
+        store.add(&rec).unwrap();
+        let g1 = store.generation();
+        assert_ne!(g1, g0, "an add changes it");
+        store.query(&Query::default());
+        assert_eq!(store.generation(), g1, "a query does not");
+        store.save(&rec).unwrap();
+        let g2 = store.generation();
+        assert_ne!(g2, g1, "a save changes it");
+        store.remove(&rec.identifier).unwrap();
+        assert_ne!(store.generation(), g2, "a remove changes it");
     }
 
     #[test]

@@ -222,3 +222,97 @@ fn the_cli_watches_a_build_to_its_end_over_the_stream() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("No image found with id"), "{out}");
 }
+
+/// VmRSS of a process, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// A subscriber that sends its request and then reads nothing, over a socket with a
+/// small receive buffer, so the daemon's writes to it soon block.
+fn stalled_subscriber(d: &Daemon) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    use std::io::Write;
+    let addr: std::net::SocketAddr = d.origin().trim_start_matches("http://").parse().expect("the daemon's address");
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect to the daemon");
+    let mut stream: std::net::TcpStream = socket.into();
+    write!(
+        stream,
+        "GET /imagefactory/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    stream
+}
+
+#[test]
+fn a_stalled_subscriber_is_cut_off_and_the_daemon_does_not_hold_events_for_it() {
+    // A small history, and far more events than the kernel's socket buffers hold
+    // (tcp_wmem allows the daemon's side up to 4 MB; an event is about 450 bytes), so the
+    // stalled client ends up far past what the daemon would hold for it.
+    const HISTORY: usize = 64;
+    const BUILDS: usize = 250;
+    let mut extra = serde_json::Map::new();
+    extra.insert("event_history".into(), json!(HISTORY));
+    let d = Daemon::start(DaemonOptions { max_concurrent: 4, extra_config: extra, ..DaemonOptions::default() });
+    let stalled = stalled_subscriber(&d);
+    let before = rss_kb(d.pid());
+
+    let params = json!({"mock_progress_steps": 100});
+    let ids: Vec<String> = (0..BUILDS).map(|_| d.create_base(&mock_tdl(), params.clone())).collect();
+    for id in &ids {
+        d.wait_complete(id, "base_images");
+    }
+    let after = rss_kb(d.pid());
+    // The last event's number: resuming from 0 tells what was missed, then sends the
+    // HISTORY events still held, the last of which is the last there was.
+    let mut resumed = Subscriber::connect(&d, "", Some(0));
+    assert_eq!(resumed.next().event, "missed", "a resume from 0 after {BUILDS} builds must have missed events");
+    let held: Vec<u64> = (0..HISTORY).map(|_| resumed.next().id.expect("an event id")).collect();
+    let last_seq = *held.last().expect("held events");
+    assert!(last_seq > 20_000, "too few events to test with: {last_seq}");
+
+    // Only now does the stalled client read: what was in flight, then the end of the
+    // stream (it was disconnected), never every event. Were it not cut off, keep-alive
+    // comments would keep the stream open and the deadline would fail the test.
+    stalled.set_read_timeout(Some(Duration::from_secs(5))).expect("a read timeout");
+    let mut reader = BufReader::new(stalled);
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut chunk = [0u8; 64 * 1024];
+        match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("reading the stalled stream: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the stalled stream was never closed: the daemon kept it going");
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 200"), "the stream was refused: {}", text.lines().next().unwrap_or(""));
+    let got: Vec<u64> =
+        text.lines().filter_map(|l| l.strip_prefix("id:")).filter_map(|v| v.trim().parse().ok()).collect();
+    assert!(!got.is_empty(), "the stalled client got no event at all before it stalled");
+    let last_got = *got.last().expect("events");
+    assert!(last_got < last_seq, "the stalled client got all {last_seq} events: it was buffered for, not cut off");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "what the stalled client got has gaps");
+
+    let grew_mb = after.saturating_sub(before) as f64 / 1024.0;
+    println!(
+        "FIGURES: {last_seq} events of {BUILDS} builds; the stalled client got {} ({:.1} MB) before it was cut off; \
+         daemon VmRSS {:.1} MB before, {:.1} MB after (+{grew_mb:.1} MB)",
+        got.len(),
+        text.len() as f64 / 1048576.0,
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    assert!(grew_mb < 32.0, "the daemon grew by {grew_mb:.1} MB with a stalled subscriber");
+}

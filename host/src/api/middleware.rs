@@ -38,7 +38,11 @@ pub async fn check_accept(req: Request, next: Next) -> Response {
             || a.contains("application/json")
             || a.contains("application/*")
             || (path.ends_with("/raw_image") && a.contains("application/octet-stream"))
-            || (path.ends_with("/build_log") && (a.contains("text/plain") || a.contains("text/*")));
+            || (path.ends_with("/build_log") && (a.contains("text/plain") || a.contains("text/*")))
+            // What EventSource sends.
+            || (path.ends_with("/events") && (a.contains("text/event-stream") || a.contains("text/*")))
+            // The page and its assets, for a client that asks for exactly what they are.
+            || path.starts_with("/imagefactory/ui");
         if !ok {
             return (StatusCode::NOT_ACCEPTABLE, format!("Responses in {accept} are currently unsupported."))
                 .into_response();

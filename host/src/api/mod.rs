@@ -12,6 +12,7 @@ pub mod tls;
 
 mod body;
 mod events;
+mod listing;
 mod middleware;
 mod openapi;
 mod represent;
@@ -42,12 +43,20 @@ pub struct ApiState {
     pub tls: bool,
     /// OAuth nonces seen within the timestamp window (replay protection).
     pub nonces: Arc<oauth::NonceCache>,
+    /// Serialized listings, valid until the store changes.
+    listings: Arc<listing::ListingCache>,
 }
 
 impl ApiState {
     /// The state of a daemon over `engine` and `config`, with an empty nonce cache.
     pub fn new(engine: Engine, config: Arc<Config>, tls: bool) -> ApiState {
-        ApiState { engine, config, tls, nonces: Arc::new(oauth::NonceCache::default()) }
+        ApiState {
+            engine,
+            config,
+            tls,
+            nonces: Arc::new(oauth::NonceCache::default()),
+            listings: Arc::new(listing::ListingCache::default()),
+        }
     }
 }
 
@@ -163,12 +172,31 @@ async fn list_images(State(st): State<ApiState>, headers: HeaderMap, uri: Uri) -
         ImageKind::ProviderImage => query.target_image_id = target,
         ImageKind::BaseImage => {}
     }
-    let engine = st.engine.clone();
-    let records = blocking(move || engine.query(&query)).await?;
     let href = represent::request_url(&st, &headers, &uri);
-    let items: Vec<Value> =
-        records.iter().map(|r| represent::link_wrapped(r, &format!("{href}/{}", r.identifier))).collect();
-    Ok(Json(json!({ kind.collection(): items })).into_response())
+    let json_answer = |bytes: axum::body::Bytes| ([(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    let engine = st.engine.clone();
+    let generation = blocking(move || engine.generation()).await?;
+    if let Some(bytes) = st.listings.get(&href, generation) {
+        return Ok(json_answer(bytes));
+    }
+    let _building = st.listings.build_guard().await;
+    // Another request may have built it while this one waited.
+    let engine = st.engine.clone();
+    let generation = blocking(move || engine.generation()).await?;
+    if let Some(bytes) = st.listings.get(&href, generation) {
+        return Ok(json_answer(bytes));
+    }
+    let engine = st.engine.clone();
+    let prefix = href.clone();
+    let bytes = blocking(move || {
+        let records = engine.query(&query);
+        listing::serialize(kind, &records, &prefix)
+    })
+    .await?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot serialize the listing: {e}")))?;
+    let bytes = axum::body::Bytes::from(bytes);
+    st.listings.put(href, generation, bytes.clone());
+    Ok(json_answer(bytes))
 }
 
 async fn get_image(

@@ -4,11 +4,13 @@
 //!
 //! Events are numbered in the order the engine made the changes (they are published
 //! under the engine's write lock), so a subscriber sees each image's changes in order.
-//! The hub keeps the last [`HISTORY`] events, so a client that reconnects with the last
-//! number it saw gets what it missed; older ones are gone and it is told so. Live
-//! delivery goes through one bounded broadcast ring shared by every subscriber: a
-//! subscriber that falls more than [`HISTORY`] events behind is cut off (and may resume
-//! from the history) instead of making the daemon hold more for it.
+//! The hub keeps the last `event_history` events (config; [`HISTORY`] by default), so a
+//! client that reconnects with the last number it saw gets what it missed; older ones
+//! are gone and it is told so. Live delivery goes through one bounded broadcast ring
+//! shared by every subscriber: a subscriber that falls more than that many events behind
+//! is cut off (and may resume from the history) instead of making the daemon hold more
+//! for it. The hub's memory is therefore bounded by the history, whatever the number or
+//! speed of the subscribers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,8 @@ use tokio::sync::broadcast;
 
 use crate::image::ImageRecord;
 
-/// How many events the hub keeps for resuming, and how far a live subscriber may lag.
+/// How many events the hub keeps for resuming, and how far a live subscriber may lag,
+/// unless the config says otherwise (`event_history`).
 pub const HISTORY: usize = 4096;
 
 /// What happened to the image.
@@ -71,6 +74,8 @@ pub struct Subscription {
 }
 
 struct History {
+    /// How many events are held.
+    capacity: usize,
     last_seq: u64,
     events: VecDeque<Arc<Event>>,
 }
@@ -83,10 +88,7 @@ pub struct EventHub {
 
 impl Default for EventHub {
     fn default() -> EventHub {
-        EventHub {
-            history: Mutex::new(History { last_seq: 0, events: VecDeque::with_capacity(HISTORY) }),
-            live: broadcast::channel(HISTORY).0,
-        }
+        EventHub::with_history(HISTORY)
     }
 }
 
@@ -128,6 +130,15 @@ pub fn changed_fields(before: &ImageRecord, after: &ImageRecord) -> Vec<&'static
 }
 
 impl EventHub {
+    /// A hub that holds the last `capacity` events (at least 1).
+    pub fn with_history(capacity: usize) -> EventHub {
+        let capacity = capacity.max(1);
+        EventHub {
+            history: Mutex::new(History { capacity, last_seq: 0, events: VecDeque::with_capacity(capacity) }),
+            live: broadcast::channel(capacity).0,
+        }
+    }
+
     /// Publishes one change. Callers hold the engine's write lock, which orders events
     /// as the changes were made.
     pub fn publish(&self, kind: EventKind, rec: &ImageRecord, parents: Vec<String>, changed: &[&str]) {
@@ -141,7 +152,7 @@ impl EventHub {
             data: data(seq, kind, rec, &parents, changed),
             parents,
         });
-        if h.events.len() == HISTORY {
+        if h.events.len() == h.capacity {
             h.events.pop_front();
         }
         h.events.push_back(event.clone());

@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub settings: Map<String, Value>,
     /// Packages added per target (conf/target_content.xml), when configured.
     pub target_content: Option<imagefactory_plugin_api::tdl::TargetContentIncludes>,
+    /// Events held for resuming streams, and how far a live subscriber may lag.
+    pub event_history: usize,
 }
 
 /// A request for a provider image (a push of a target image, or a snapshot build).
@@ -125,6 +127,7 @@ impl Engine {
     /// An engine over a store and the plugins found at start.
     pub fn new(store: Store, plugins: Arc<PluginRegistry>, config: EngineConfig) -> Engine {
         let slots = slots::Slots::new(config.max_concurrent_local_sessions);
+        let events = events::EventHub::with_history(config.event_history);
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -135,7 +138,7 @@ impl Engine {
                 plain_templates: Mutex::new(HashMap::new()),
                 write_lock: Mutex::new(()),
                 changed: (Mutex::new(0), Condvar::new()),
-                events: events::EventHub::default(),
+                events,
             }),
         }
     }
@@ -385,6 +388,11 @@ impl Engine {
 
     pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
         self.inner.store.query(query)
+    }
+
+    /// The store's generation: changes exactly when an image is added, changed or removed.
+    pub fn generation(&self) -> u64 {
+        self.inner.store.generation()
     }
 
     /// The image's build log.
