@@ -108,7 +108,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: imagefactory developers <imagefactory@localhost>
 Installed-Size: $SIZE
-Depends: $DEPENDS, $TOOLS, passwd
+Depends: $DEPENDS, $TOOLS, passwd, procps
 Recommends: $RECOMMENDS
 Section: admin
 Priority: optional

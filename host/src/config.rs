@@ -21,6 +21,27 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// How the daemon writes its log lines to stderr (the journal, under systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What a reload (SIGHUP) makes of a newly read config.
+#[derive(Debug)]
+pub struct Reload {
+    /// The config to run with: the new values of the keys a running daemon can take, the
+    /// old values of the rest.
+    pub config: Config,
+    /// Keys whose new values now apply.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed in the file but keep their old values until a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
 /// `image_manager_args`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +90,8 @@ pub struct Config {
     /// Image events the daemon holds for event-stream clients that resume; also how far
     /// behind a live client may fall before it is disconnected.
     pub event_history: usize,
+    /// `text` (the default) or `json` (one JSON object a line, for log collectors).
+    pub log_format: LogFormat,
     /// Plugin-specific keys passed through to plugins untouched.
     #[serde(skip)]
     pub extra: BTreeMap<String, Value>,
@@ -99,6 +122,7 @@ impl Default for Config {
             max_connections: 1024,
             request_timeout: 60,
             event_history: crate::engine::events::HISTORY,
+            log_format: LogFormat::Text,
             extra: BTreeMap::new(),
         }
     }
@@ -153,6 +177,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max_connections",
     "request_timeout",
     "event_history",
+    "log_format",
 ];
 
 /// Keys plugins read (passed through in `extra`, never warned about).
@@ -244,6 +269,59 @@ impl Config {
         Ok(())
     }
 
+    /// What a running daemon makes of `new`, read again from its file on SIGHUP. It takes
+    /// the keys that only shape the next request: the OAuth `clients` (add or revoke a
+    /// key without a restart), `debug` (the log level) and `jeos_config`. Keys that the
+    /// listener, the engine, the store, the plugins or running builds were set up with
+    /// keep their old values, and are named so the log can say a restart is needed.
+    pub fn reload(&self, new: Config) -> Reload {
+        let mut config = self.clone();
+        let mut applied = Vec::new();
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if format!("{:?}", self.$field) != format!("{:?}", new.$field) {
+                    applied.push(stringify!($field));
+                    config.$field = new.$field.clone();
+                }
+            )*};
+        }
+        take!(clients, debug, jeos_config);
+        let mut needs_restart = Vec::new();
+        macro_rules! keep {
+            ($($field:ident),*) => {$(
+                if format!("{:?}", self.$field) != format!("{:?}", new.$field) {
+                    needs_restart.push(stringify!($field));
+                }
+            )*};
+        }
+        keep!(
+            tdl_require_root_pw,
+            max_request_bytes,
+            no_ssl,
+            no_oauth,
+            ssl_pem,
+            port,
+            address,
+            plugins,
+            image_manager,
+            image_manager_args,
+            timeout,
+            tmpdir,
+            imgdir,
+            max_concurrent_local_sessions,
+            max_concurrent_ec2_sessions,
+            target_content,
+            max_connections,
+            request_timeout,
+            event_history,
+            log_format
+        );
+        if self.extra != new.extra {
+            needs_restart.push("plugin settings");
+        }
+        Reload { config, applied, needs_restart }
+    }
+
     /// The connection limits of the daemon's server.
     pub fn server_limits(&self) -> crate::api::server::Limits {
         crate::api::server::Limits {
@@ -261,6 +339,25 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_takes_what_a_running_daemon_can_and_names_the_rest() {
+        let path = Path::new("/etc/imagefactory/imagefactory.conf");
+        let old = Config::from_json(r#"{"clients": {"a": "s"}, "port": 8075}"#, path).unwrap();
+        let new = Config::from_json(r#"{"clients": {"b": "t"}, "port": 9000, "debug": 1, "log_format": "json"}"#, path)
+            .unwrap();
+        let r = old.reload(new);
+        assert_eq!(r.applied, ["clients", "debug"]);
+        assert_eq!(r.needs_restart, ["port", "log_format"]);
+        assert_eq!(r.config.clients.get("b").map(String::as_str), Some("t"));
+        assert!(r.config.debug);
+        assert_eq!(r.config.port, 8075, "the listener keeps its port");
+        assert_eq!(r.config.log_format, LogFormat::Text);
+        let same = r.config.reload(r.config.clone());
+        assert!(same.applied.is_empty() && same.needs_restart.is_empty());
+        let bad = Config::from_json(r#"{"log_format": "xml"}"#, path).unwrap_err().to_string();
+        assert!(bad.contains("log_format") || bad.contains("xml"), "{bad}");
+    }
 
     #[test]
     fn reads_the_original_shipped_config() {

@@ -8,8 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::api::{self, tls, ApiState};
+use crate::config::{Config, LogFormat};
+use crate::setup::LogLevel;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "imagefactoryd", version, about = "The imagefactory REST API daemon")]
 pub struct DaemonArgs {
     /// Stay in the foreground (the only mode: run it under a service manager).
@@ -38,6 +40,46 @@ pub struct DaemonArgs {
     /// Accept requests without OAuth signatures.
     #[arg(long = "no_oauth", alias = "no-oauth")]
     no_oauth: bool,
+    /// `text` or `json` (one JSON object a line); overrides the config's `log_format`.
+    #[arg(long = "log-format", alias = "log_format", value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+impl DaemonArgs {
+    /// The config file in force: the one given, else the default one if it exists.
+    fn config_path(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(p) => Some(p.clone()),
+            None => Some(PathBuf::from(crate::setup::DEFAULT_CONFIG)).filter(|p| p.exists()),
+        }
+    }
+
+    /// The command line wins over the file, at start and on every reload.
+    fn apply_to(&self, config: &mut Config) {
+        config.no_ssl |= self.no_ssl;
+        config.no_oauth |= self.no_oauth;
+        if let Some(p) = self.port {
+            config.port = p;
+        }
+        if let Some(a) = &self.address {
+            config.address = a.clone();
+        }
+        if let Some(pem) = &self.ssl_pem {
+            config.ssl_pem = Some(pem.clone());
+        }
+        if let Some(f) = self.log_format {
+            config.log_format = f;
+        }
+    }
+
+    /// The log level `config` and the flags make.
+    fn log_level(&self, config: &Config) -> &'static str {
+        if (config.debug || self.debug) && !self.nodebug {
+            "debug"
+        } else {
+            "info"
+        }
+    }
 }
 
 /// Threads of the blocking pool (store reads and listings queue for one when all are busy).
@@ -57,20 +99,10 @@ pub fn main() -> i32 {
 
 fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut config = crate::setup::load_config(args.config.as_deref())?;
-    crate::setup::init_logging(if (config.debug || args.debug) && !args.nodebug { "debug" } else { "info" });
+    args.apply_to(&mut config);
+    let log_level = crate::setup::init_logging_as(args.log_level(&config), config.log_format);
     if !args.foreground {
         tracing::info!("running in the foreground: imagefactoryd does not fork; run it under a service manager");
-    }
-    config.no_ssl |= args.no_ssl;
-    config.no_oauth |= args.no_oauth;
-    if let Some(p) = args.port {
-        config.port = p;
-    }
-    if let Some(a) = args.address {
-        config.address = a;
-    }
-    if let Some(pem) = args.ssl_pem {
-        config.ssl_pem = Some(pem);
     }
     let engine = crate::setup::engine(&config, &args.plugins)?;
     let recovered = engine.recover();
@@ -91,7 +123,7 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .with_context(|| format!("invalid address {}:{}", config.address, config.port))?;
     let limits = config.server_limits();
     let state = ApiState::new(engine, Arc::new(config), tls_config.is_some());
-    let app = api::router(state);
+    let app = api::router(state.clone());
     // Bounded threads: one async worker per core (at most 4: the API's work is short)
     // and a bounded blocking pool (store reads, listings). Tokio's default of 512
     // blocking threads let a burst of clients grow the daemon by a thread stack each.
@@ -106,6 +138,11 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        // Installed before the line below, so a SIGHUP from anyone who read it is caught
+        // (its default action would end the daemon).
+        let hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        tokio::spawn(reload_on_hangup(hangups, state, args, log_level));
         let scheme = if tls_config.is_some() { "https" } else { "http" };
         // Tests and scripts read this line to learn the port when --port 0 is given.
         tracing::info!("listening on {scheme}://{local}/imagefactory");
@@ -114,6 +151,35 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reads the config file again on each SIGHUP and serves requests with what a running
+/// daemon can take ([`Config::reload`]); a file that does not load is logged in one line
+/// and the running config kept. Only key names are logged, never values (secrets).
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: ApiState, args: DaemonArgs, log: LogLevel) {
+    while hangups.recv().await.is_some() {
+        let Some(path) = args.config_path() else {
+            tracing::info!("SIGHUP: no config file to reload (running on the defaults)");
+            continue;
+        };
+        let mut new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("SIGHUP: cannot reload the config, keeping the running one: {e}");
+                continue;
+            }
+        };
+        args.apply_to(&mut new);
+        let reload = state.config().reload(new);
+        log.set(args.log_level(&reload.config));
+        state.replace_config(reload.config);
+        tracing::info!(
+            applied = ?reload.applied,
+            needs_restart = ?reload.needs_restart,
+            "SIGHUP: reloaded the config from {}",
+            path.display()
+        );
+    }
 }
 
 async fn shutdown_signal() {

@@ -33,12 +33,47 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-/// Logs to stderr at `level` ("debug", "info", "warn"; RUST_LOG overrides).
+/// Logs to stderr at `level` ("debug", "info", "warn"; RUST_LOG overrides), as text.
 pub fn init_logging(level: &str) {
-    let default = level;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    init_logging_as(level, crate::config::LogFormat::Text);
+}
+
+/// The log level of a running daemon, changeable (a SIGHUP that flips `debug`).
+pub struct LogLevel {
+    /// None when RUST_LOG chose the filter: then the environment wins over the config.
+    handle: Option<tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>>,
+}
+
+impl LogLevel {
+    /// Logs at `level` from now on (unless RUST_LOG set the filter).
+    pub fn set(&self, level: &str) {
+        if let Some(h) = &self.handle {
+            if let Err(e) = h.reload(tracing_subscriber::EnvFilter::new(level)) {
+                tracing::warn!(error = %e, "cannot change the log level");
+            }
+        }
+    }
+}
+
+/// Logs to stderr at `level` (RUST_LOG overrides) in `format`: text lines, or one JSON
+/// object a line (`timestamp`, `level`, `fields.message`, the span's fields such as the
+/// image id) for log collectors. Under systemd, stderr is the journal.
+pub fn init_logging_as(level: &str, format: crate::config::LogFormat) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let (filter, handle) = reload::Layer::new(from_env.unwrap_or_else(|| EnvFilter::new(level)));
+    let output: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = match format {
+        crate::config::LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        crate::config::LogFormat::Json => {
+            fmt::layer().json().with_current_span(true).with_span_list(false).with_writer(std::io::stderr).boxed()
+        }
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(output).try_init();
+    LogLevel { handle: (!env_set).then_some(handle) }
 }
 
 /// Opens the store, discovers plugins (config dirs plus `extra_plugin_dirs`), and makes

@@ -53,18 +53,67 @@ impl Query {
         Query { kind: Some(kind), ..Query::default() }
     }
 
-    fn matches(&self, r: &ImageRecord) -> bool {
-        self.kind.is_none_or(|k| r.kind == k)
-            && self.status.is_none_or(|s| r.status == s)
-            && self.identifier.as_deref().is_none_or(|i| r.identifier == i)
-            && self.base_image_id.as_ref().is_none_or(|b| r.base_image_id.as_ref() == Some(b))
-            && self.target_image_id.as_ref().is_none_or(|t| r.target_image_id.as_ref() == Some(t))
+    fn matches(&self, id: &str, e: &Entry) -> bool {
+        self.kind.is_none_or(|k| e.kind == k)
+            && self.status.is_none_or(|s| e.status == s)
+            && self.identifier.as_deref().is_none_or(|i| id == i)
+            && self.base_image_id.as_deref().is_none_or(|b| e.base_image_id.as_deref() == Some(b))
+            && self.target_image_id.as_deref().is_none_or(|t| e.target_image_id.as_deref() == Some(t))
+    }
+}
+
+/// One image in the index: what queries filter and sort on, and the record itself as
+/// compact JSON, parsed when it is asked for. The JSON is less than half of what the
+/// parsed record holds on the heap (a map of one parameter alone allocates a 600-byte
+/// B-tree node), which is most of an idle daemon's memory over a large store; parsing
+/// one record again costs microseconds.
+struct Entry {
+    kind: ImageKind,
+    status: Status,
+    created: u64,
+    base_image_id: Option<Box<str>>,
+    target_image_id: Option<Box<str>>,
+    /// Shared, so a query copies pointers under the index lock and parses after it.
+    json: Arc<str>,
+    /// The `.meta` file's mtime when this was read or written.
+    modified: SystemTime,
+}
+
+impl Entry {
+    fn new(rec: &ImageRecord, modified: SystemTime) -> Entry {
+        // Serializing a record cannot fail: its maps have string keys.
+        let json = serde_json::to_string(rec).unwrap_or_default();
+        Entry {
+            kind: rec.kind,
+            status: rec.status,
+            created: rec.created,
+            base_image_id: rec.base_image_id.as_deref().map(Box::from),
+            target_image_id: rec.target_image_id.as_deref().map(Box::from),
+            json: json.into(),
+            modified,
+        }
+    }
+
+    fn parent(&self) -> Option<&str> {
+        self.base_image_id.as_deref().or(self.target_image_id.as_deref())
+    }
+}
+
+/// Parses an index entry's JSON: written by [`Entry::new`] from a record, so a failure is
+/// a bug, logged and treated as a missing record.
+fn parse_entry(id: &str, json: &str) -> Option<ImageRecord> {
+    match serde_json::from_str(json) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(image = %id, error = %e, "an index entry does not parse");
+            None
+        }
     }
 }
 
 struct Index {
-    /// Records are shared, so a query hands out pointers instead of copying templates.
-    records: HashMap<String, (Arc<ImageRecord>, SystemTime)>,
+    /// Image id -> its entry.
+    records: HashMap<String, Entry>,
     /// Parent id (base or target image) -> ids of its children, for nested queries.
     children: HashMap<String, BTreeSet<String>>,
     /// The directory's mtime after our last scan or write; a different value means
@@ -144,24 +193,21 @@ fn lock_opened(file: &File, path: &Path) -> LockAttempt {
 /// retry means another holder let go in between; a few in a row is already unlikely.
 const LOCK_ATTEMPTS: usize = 16;
 
-fn parent_of(rec: &ImageRecord) -> Option<&String> {
-    rec.base_image_id.as_ref().or(rec.target_image_id.as_ref())
-}
-
 impl Index {
-    fn insert(&mut self, rec: ImageRecord, modified: SystemTime) {
+    fn insert(&mut self, rec: &ImageRecord, modified: SystemTime) {
         self.remove(&rec.identifier);
         self.generation += 1;
-        if let Some(parent) = parent_of(&rec) {
-            self.children.entry(parent.clone()).or_default().insert(rec.identifier.clone());
+        let entry = Entry::new(rec, modified);
+        if let Some(parent) = entry.parent() {
+            self.children.entry(parent.to_string()).or_default().insert(rec.identifier.clone());
         }
-        self.records.insert(rec.identifier.clone(), (Arc::new(rec), modified));
+        self.records.insert(rec.identifier.clone(), entry);
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some((old, _)) = self.records.remove(id) {
+        if let Some(old) = self.records.remove(id) {
             self.generation += 1;
-            if let Some(parent) = parent_of(&old) {
+            if let Some(parent) = old.parent() {
                 if let Some(set) = self.children.get_mut(parent) {
                     set.remove(id);
                     if set.is_empty() {
@@ -320,14 +366,14 @@ impl Store {
             }
             let modified = entry.metadata().and_then(|m| m.modified()).ok();
             seen.insert(id.to_string());
-            if let (Some((_, cached)), Some(m)) = (index.records.get(id), modified) {
-                if *cached == m {
+            if let (Some(entry), Some(m)) = (index.records.get(id), modified) {
+                if entry.modified == m {
                     continue;
                 }
             }
             match read_meta(&entry.path()) {
                 Ok(rec) => {
-                    index.insert(rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
+                    index.insert(&rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
                 }
                 Err(e) => {
                     tracing::warn!(file = %entry.path().display(), error = %e, "skipping unreadable image metadata")
@@ -370,7 +416,7 @@ impl Store {
         // does not rescan for nothing. (A change by another process in the same instant
         // is picked up by `get`, which falls back to disk.)
         let known_before = index.dir_mtime.is_some();
-        index.insert(record.clone(), modified);
+        index.insert(record, modified);
         if known_before {
             index.dir_mtime = mtime(&self.dir);
         }
@@ -386,15 +432,17 @@ impl Store {
         let on_disk = mtime(&path)?;
         {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((rec, cached)) = index.records.get(id) {
-                if *cached == on_disk {
-                    return Some(ImageRecord::clone(rec));
+            if let Some(entry) = index.records.get(id) {
+                if entry.modified == on_disk {
+                    let json = Arc::clone(&entry.json);
+                    drop(index);
+                    return parse_entry(id, &json);
                 }
             }
         }
         let rec = read_meta(&path).ok()?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        index.insert(rec.clone(), on_disk);
+        index.insert(&rec, on_disk);
         Some(rec)
     }
 
@@ -409,24 +457,37 @@ impl Store {
     /// Every record matching the query, oldest first. A query by parent id uses the
     /// parent index instead of scanning every record.
     pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
+        self.matching(query).into_iter().filter_map(|(id, json)| parse_entry(&id, &json).map(Arc::new)).collect()
+    }
+
+    /// The ids of the records matching the query, oldest first, without parsing a record
+    /// (what a listing needs).
+    pub fn query_ids(&self, query: &Query) -> Vec<String> {
+        self.matching(query).into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// The matching entries' ids and JSON, oldest first. Under the index lock it only
+    /// copies pointers; callers parse after it, so writers do not wait on a large listing.
+    fn matching(&self, query: &Query) -> Vec<(String, Arc<str>)> {
         self.refresh();
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let by_parent = query.base_image_id.as_ref().or(query.target_image_id.as_ref());
-        let mut out: Vec<Arc<ImageRecord>> = match by_parent {
-            Some(parent) => index
-                .children
-                .get(parent)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| index.records.get(id))
-                .map(|(r, _)| r)
-                .filter(|r| query.matches(r))
-                .cloned()
-                .collect(),
-            None => index.records.values().map(|(r, _)| r).filter(|r| query.matches(r)).cloned().collect(),
+        let mut found: Vec<(u64, String, Arc<str>)> = {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            let pick =
+                |(id, e): (&String, &Entry)| query.matches(id, e).then(|| (e.created, id.clone(), Arc::clone(&e.json)));
+            match query.base_image_id.as_ref().or(query.target_image_id.as_ref()) {
+                Some(parent) => index
+                    .children
+                    .get(parent)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| index.records.get_key_value(id))
+                    .filter_map(pick)
+                    .collect(),
+                None => index.records.iter().filter_map(pick).collect(),
+            }
         };
-        out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.identifier.cmp(&b.identifier)));
-        out
+        found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        found.into_iter().map(|(_, id, json)| (id, json)).collect()
     }
 
     /// Removes an image's metadata, body, log and any other files named after it. The

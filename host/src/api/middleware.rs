@@ -15,8 +15,9 @@ use super::{oauth, ApiState};
 /// is timed; the handler and the response (a long download) are not.
 pub async fn read_body_in_time(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let secs = st.config.request_timeout;
-    let read = axum::body::to_bytes(body, st.config.max_request_bytes);
+    let config = st.config();
+    let secs = config.request_timeout;
+    let read = axum::body::to_bytes(body, config.max_request_bytes);
     match tokio::time::timeout(std::time::Duration::from_secs(secs), read).await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Ok(Err(_)) => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
@@ -67,7 +68,8 @@ fn is_public(path: &str) -> bool {
 /// (same consumer key, nonce and timestamp) or one with a timestamp outside the window is
 /// refused like a bad signature: 401, one line, the reason in the log.
 pub async fn oauth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    if st.config.no_oauth || is_public(req.uri().path()) {
+    let config = st.config();
+    if config.no_oauth || is_public(req.uri().path()) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
@@ -77,7 +79,7 @@ pub async fn oauth(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
     // Form parameters take part in the signature, so the body is read here (bounded).
-    let bytes = match axum::body::to_bytes(body, st.config.max_request_bytes).await {
+    let bytes = match axum::body::to_bytes(body, config.max_request_bytes).await {
         Ok(b) => b,
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
     };
@@ -91,7 +93,7 @@ pub async fn oauth(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         form_body: is_form.then_some(&bytes[..]),
     };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    match oauth::verify(&request, &st.config.clients, now, &st.nonces) {
+    match oauth::verify(&request, &config.clients, now, &st.nonces) {
         Ok(_consumer) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => {
             tracing::info!(path = %parts.uri.path(), reason = %e.log_reason(), "OAuth check failed");

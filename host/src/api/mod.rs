@@ -38,7 +38,9 @@ use crate::store::Query;
 #[derive(Clone)]
 pub struct ApiState {
     pub engine: Engine,
-    pub config: Arc<Config>,
+    /// The config requests are served with; a reload (SIGHUP) swaps it whole, so a
+    /// request sees either the old or the new one, never a mix.
+    config: Arc<arc_swap::ArcSwap<Config>>,
     /// Whether the server speaks TLS (the scheme of hrefs and OAuth base URLs).
     pub tls: bool,
     /// OAuth nonces seen within the timestamp window (replay protection).
@@ -52,11 +54,21 @@ impl ApiState {
     pub fn new(engine: Engine, config: Arc<Config>, tls: bool) -> ApiState {
         ApiState {
             engine,
-            config,
+            config: Arc::new(arc_swap::ArcSwap::new(config)),
             tls,
             nonces: Arc::new(oauth::NonceCache::default()),
             listings: Arc::new(listing::ListingCache::default()),
         }
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Serves every request from now on with `config` (a reload).
+    pub fn replace_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
     }
 }
 
@@ -108,7 +120,7 @@ pub fn router(state: ApiState) -> Router {
     for ep in routes::endpoints() {
         api = api.route(&ep.path, ep.handlers);
     }
-    let limit = state.config.max_request_bytes;
+    let limit = state.config().max_request_bytes;
     api.fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::oauth))
         .layer(axum::middleware::from_fn(middleware::check_accept))
@@ -189,8 +201,8 @@ async fn list_images(State(st): State<ApiState>, headers: HeaderMap, uri: Uri) -
     let engine = st.engine.clone();
     let prefix = href.clone();
     let bytes = blocking(move || {
-        let records = engine.query(&query);
-        listing::serialize(kind, &records, &prefix)
+        let ids = engine.query_ids(&query);
+        listing::serialize(kind, &ids, &prefix)
     })
     .await?
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot serialize the listing: {e}")))?;
@@ -378,7 +390,7 @@ async fn get_plugin(State(st): State<ApiState>, headers: HeaderMap, uri: Uri, Pa
 
 async fn jeos_config(State(st): State<ApiState>) -> Json<Value> {
     let map: Map<String, Value> = st
-        .config
+        .config()
         .jeos_config
         .iter()
         .enumerate()
@@ -388,12 +400,12 @@ async fn jeos_config(State(st): State<ApiState>) -> Json<Value> {
 }
 
 async fn jeos_images(State(st): State<ApiState>) -> Json<Value> {
-    Json(represent::jeos_images(&st.config.jeos_config))
+    Json(represent::jeos_images(&st.config().jeos_config))
 }
 
 async fn validate_template(State(st): State<ApiState>, headers: HeaderMap, bytes: axum::body::Bytes) -> ApiResult {
     let template = body::template_only(&headers, &bytes)?;
-    let opts = imagefactory_plugin_api::tdl::ParseOptions { require_root_pw: st.config.tdl_require_root_pw };
+    let opts = imagefactory_plugin_api::tdl::ParseOptions { require_root_pw: st.config().tdl_require_root_pw };
     let answer = match imagefactory_plugin_api::tdl::Template::parse(&template, &opts) {
         Ok(_) => json!({"valid": true, "errors": []}),
         Err(e) => json!({"valid": false, "errors": e.diagnostics().iter().map(|d| json!({

@@ -390,6 +390,11 @@ impl Engine {
         self.inner.store.query(query)
     }
 
+    /// The ids of the images matching the query, oldest first (a listing).
+    pub fn query_ids(&self, query: &Query) -> Vec<String> {
+        self.inner.store.query_ids(query)
+    }
+
     /// The store's generation: changes exactly when an image is added, changed or removed.
     pub fn generation(&self) -> u64 {
         self.inner.store.generation()
