@@ -58,6 +58,9 @@ struct ParamOpts {
     /// One parameter read from a file; overrides both of the above.
     #[arg(long = "file-parameter", num_args = 2, value_names = ["NAME", "FILE"], action = clap::ArgAction::Append)]
     file_parameter: Vec<String>,
+    /// Build even when the build cache holds an equal build (the `no_cache` parameter).
+    #[arg(long = "no-cache", alias = "no_cache")]
+    no_cache: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +179,9 @@ fn parameters(p: &ParamOpts) -> anyhow::Result<Map<String, Value>> {
         if let [k, f] = pair {
             out.insert(k.clone(), Value::String(read_text(Path::new(f), "file parameter")?));
         }
+    }
+    if p.no_cache {
+        out.insert(crate::engine::cache::NO_CACHE.into(), Value::Bool(true));
     }
     Ok(out)
 }

@@ -92,6 +92,9 @@ pub struct Config {
     pub event_history: usize,
     /// `text` (the default) or `json` (one JSON object a line, for log collectors).
     pub log_format: LogFormat,
+    /// Bytes of image bodies the build cache keeps (least recently used dropped past
+    /// it); 0 turns the cache off.
+    pub cache_max_bytes: u64,
     /// Plugin-specific keys passed through to plugins untouched.
     #[serde(skip)]
     pub extra: BTreeMap<String, Value>,
@@ -123,6 +126,7 @@ impl Default for Config {
             request_timeout: 60,
             event_history: crate::engine::events::HISTORY,
             log_format: LogFormat::Text,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             extra: BTreeMap::new(),
         }
     }
@@ -178,7 +182,11 @@ const KNOWN_KEYS: &[&str] = &[
     "request_timeout",
     "event_history",
     "log_format",
+    "cache_max_bytes",
 ];
+
+/// The build cache's default bound: 64 GiB of bodies.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 << 30;
 
 /// Keys plugins read (passed through in `extra`, never warned about).
 const PLUGIN_KEYS: &[&str] = &[
@@ -314,7 +322,8 @@ impl Config {
             max_connections,
             request_timeout,
             event_history,
-            log_format
+            log_format,
+            cache_max_bytes
         );
         if self.extra != new.extra {
             needs_restart.push("plugin settings");

@@ -105,6 +105,7 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
         target_content,
         settings: plugin_settings(config),
         event_history: config.event_history,
+        cache_max_bytes: config.cache_max_bytes,
     };
     Ok(Engine::new(store, plugins, engine_config))
 }

@@ -73,16 +73,24 @@ struct Entry {
     created: u64,
     base_image_id: Option<Box<str>>,
     target_image_id: Option<Box<str>>,
-    /// Shared, so a query copies pointers under the index lock and parses after it.
+    /// The record without its template, shared, so a query copies pointers under the
+    /// index lock and parses after it.
     json: Arc<str>,
+    /// The template, shared by every record made from the same one (most of a store's
+    /// images come from a handful of templates, and a template is most of a record).
+    template: Option<Arc<str>>,
     /// The `.meta` file's mtime when this was read or written.
     modified: SystemTime,
 }
 
 impl Entry {
-    fn new(rec: &ImageRecord, modified: SystemTime) -> Entry {
-        // Serializing a record cannot fail: its maps have string keys.
-        let json = serde_json::to_string(rec).unwrap_or_default();
+    fn new(rec: &ImageRecord, template: Option<Arc<str>>, modified: SystemTime) -> Entry {
+        let json = {
+            let mut bare = rec.clone();
+            bare.template = None;
+            // Serializing a record cannot fail: its maps have string keys.
+            serde_json::to_string(&bare).unwrap_or_default()
+        };
         Entry {
             kind: rec.kind,
             status: rec.status,
@@ -90,8 +98,14 @@ impl Entry {
             base_image_id: rec.base_image_id.as_deref().map(Box::from),
             target_image_id: rec.target_image_id.as_deref().map(Box::from),
             json: json.into(),
+            template,
             modified,
         }
+    }
+
+    /// What a caller needs to parse the record after letting go of the index lock.
+    fn parts(&self) -> EntryParts {
+        (Arc::clone(&self.json), self.template.clone())
     }
 
     fn parent(&self) -> Option<&str> {
@@ -99,11 +113,17 @@ impl Entry {
     }
 }
 
+/// An entry's JSON and template, to parse a record from.
+type EntryParts = (Arc<str>, Option<Arc<str>>);
+
 /// Parses an index entry's JSON: written by [`Entry::new`] from a record, so a failure is
 /// a bug, logged and treated as a missing record.
-fn parse_entry(id: &str, json: &str) -> Option<ImageRecord> {
-    match serde_json::from_str(json) {
-        Ok(r) => Some(r),
+fn parse_entry(id: &str, (json, template): &EntryParts) -> Option<ImageRecord> {
+    match serde_json::from_str::<ImageRecord>(json) {
+        Ok(mut r) => {
+            r.template = template.as_deref().map(str::to_string);
+            Some(r)
+        }
         Err(e) => {
             tracing::error!(image = %id, error = %e, "an index entry does not parse");
             None
@@ -116,6 +136,8 @@ struct Index {
     records: HashMap<String, Entry>,
     /// Parent id (base or target image) -> ids of its children, for nested queries.
     children: HashMap<String, BTreeSet<String>>,
+    /// The distinct templates of the records (see [`Entry::template`]).
+    templates: std::collections::HashSet<Arc<str>>,
     /// The directory's mtime after our last scan or write; a different value means
     /// another process changed the store.
     dir_mtime: Option<SystemTime>,
@@ -197,16 +219,33 @@ impl Index {
     fn insert(&mut self, rec: &ImageRecord, modified: SystemTime) {
         self.remove(&rec.identifier);
         self.generation += 1;
-        let entry = Entry::new(rec, modified);
+        let template = rec.template.as_deref().map(|t| self.intern(t));
+        let entry = Entry::new(rec, template, modified);
         if let Some(parent) = entry.parent() {
             self.children.entry(parent.to_string()).or_default().insert(rec.identifier.clone());
         }
         self.records.insert(rec.identifier.clone(), entry);
     }
 
+    /// The shared copy of `template`, made if it is new.
+    fn intern(&mut self, template: &str) -> Arc<str> {
+        if let Some(t) = self.templates.get(template) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = template.into();
+        self.templates.insert(Arc::clone(&t));
+        t
+    }
+
     fn remove(&mut self, id: &str) {
         if let Some(old) = self.records.remove(id) {
             self.generation += 1;
+            if let Some(t) = &old.template {
+                // Only the set's own copy and this one left: no other record uses it.
+                if Arc::strong_count(t) == 2 {
+                    self.templates.remove(&**t);
+                }
+            }
             if let Some(parent) = old.parent() {
                 if let Some(set) = self.children.get_mut(parent) {
                     set.remove(id);
@@ -236,6 +275,7 @@ impl Store {
             index: RwLock::new(Index {
                 records: HashMap::new(),
                 children: HashMap::new(),
+                templates: std::collections::HashSet::new(),
                 dir_mtime: None,
                 generation: 0,
             }),
@@ -434,9 +474,9 @@ impl Store {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
             if let Some(entry) = index.records.get(id) {
                 if entry.modified == on_disk {
-                    let json = Arc::clone(&entry.json);
+                    let parts = entry.parts();
                     drop(index);
-                    return parse_entry(id, &json);
+                    return parse_entry(id, &parts);
                 }
             }
         }
@@ -457,7 +497,7 @@ impl Store {
     /// Every record matching the query, oldest first. A query by parent id uses the
     /// parent index instead of scanning every record.
     pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
-        self.matching(query).into_iter().filter_map(|(id, json)| parse_entry(&id, &json).map(Arc::new)).collect()
+        self.matching(query).into_iter().filter_map(|(id, parts)| parse_entry(&id, &parts).map(Arc::new)).collect()
     }
 
     /// The ids of the records matching the query, oldest first, without parsing a record
@@ -468,12 +508,11 @@ impl Store {
 
     /// The matching entries' ids and JSON, oldest first. Under the index lock it only
     /// copies pointers; callers parse after it, so writers do not wait on a large listing.
-    fn matching(&self, query: &Query) -> Vec<(String, Arc<str>)> {
+    fn matching(&self, query: &Query) -> Vec<(String, EntryParts)> {
         self.refresh();
-        let mut found: Vec<(u64, String, Arc<str>)> = {
+        let mut found: Vec<(u64, String, EntryParts)> = {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let pick =
-                |(id, e): (&String, &Entry)| query.matches(id, e).then(|| (e.created, id.clone(), Arc::clone(&e.json)));
+            let pick = |(id, e): (&String, &Entry)| query.matches(id, e).then(|| (e.created, id.clone(), e.parts()));
             match query.base_image_id.as_ref().or(query.target_image_id.as_ref()) {
                 Some(parent) => index
                     .children
@@ -487,7 +526,7 @@ impl Store {
             }
         };
         found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        found.into_iter().map(|(_, id, json)| (id, json)).collect()
+        found.into_iter().map(|(_, id, parts)| (id, parts)).collect()
     }
 
     /// Removes an image's metadata, body, log and any other files named after it. The

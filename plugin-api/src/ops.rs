@@ -30,6 +30,10 @@ pub enum Operation {
     SnapshotImageOnProvider(SnapshotRequest),
     /// Cloud plugins: remove an image from the provider.
     DeleteFromProvider(DeleteRequest),
+    /// OS plugins: the state of the package sources a base image build of this template
+    /// would read (for the host's cache key). Plugins built before this operation
+    /// answer it with an error, which the host takes as "not cacheable".
+    SourceState(SourceStateRequest),
 }
 
 impl Operation {
@@ -44,6 +48,7 @@ impl Operation {
             Operation::PushImageToProvider(_) => "push_image_to_provider",
             Operation::SnapshotImageOnProvider(_) => "snapshot_image_on_provider",
             Operation::DeleteFromProvider(_) => "delete_from_provider",
+            Operation::SourceState(_) => "source_state",
         }
     }
 }
@@ -71,6 +76,34 @@ pub struct BaseImageOutcome {
     /// Extra properties stored on the image.
     #[serde(default)]
     pub properties: Parameters,
+}
+
+/// Which package sources a base image build of `template` would read, and their state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceStateRequest {
+    /// The TDL template, as XML text (already validated by the host).
+    pub template: String,
+    #[serde(default)]
+    pub parameters: Parameters,
+    #[serde(default)]
+    pub settings: Parameters,
+}
+
+/// The state of the package sources a build reads: for each index file that decides
+/// which packages (and versions) the build installs, its URL and a digest of its bytes,
+/// e.g. a Debian suite's InRelease, an RPM tree's repomd.xml and .treeinfo. Two builds of
+/// one template whose source states are equal install the same packages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceState {
+    pub sources: Vec<SourceFile>,
+}
+
+/// One index file of a package source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub url: String,
+    /// `sha256:<hex>` of the file's bytes.
+    pub digest: String,
 }
 
 /// Files and commands a cloud plugin wants applied to its target image

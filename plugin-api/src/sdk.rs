@@ -206,6 +206,13 @@ pub trait OsPlugin: Send + Sync + 'static {
             .map_err(|e| PluginError::with_source("copying the base image failed", &e))?;
         Ok(TargetImageOutcome::default())
     }
+
+    /// The state of the package sources a build of `req.template` would read, or None
+    /// when the plugin cannot tell (the default): the host then never serves such a
+    /// build from its cache, since it cannot know whether the sources moved on.
+    fn source_state(&self, _host: &Host, _req: SourceStateRequest) -> Result<Option<SourceState>, PluginError> {
+        Ok(None)
+    }
 }
 
 /// A cloud plugin: turns base images into target images and pushes them to providers.
@@ -344,6 +351,7 @@ fn dispatch(obj: &PluginObject, request: &str, host: &Host) -> Result<String, Pl
     match (obj, op) {
         (PluginObject::Os(p), Operation::CreateBaseImage(r)) => to_json(p.create_base_image(host, r)?),
         (PluginObject::Os(p), Operation::CreateTargetImage(r)) => to_json(p.create_target_image(host, r)?),
+        (PluginObject::Os(p), Operation::SourceState(r)) => to_json(p.source_state(host, r)?),
         (PluginObject::Cloud(p), Operation::BuilderShouldCreateTargetImage(r)) => {
             to_json(ShouldCreate { create: p.builder_should_create_target_image(host, r)? })
         }

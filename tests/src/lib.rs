@@ -200,6 +200,8 @@ pub struct DaemonOptions {
     pub extra_plugin_files: Vec<(String, PluginSource)>,
     /// More config keys (e.g. `max_connections`), written into `imagefactory.conf`.
     pub extra_config: serde_json::Map<String, Value>,
+    /// Environment variables of the daemon (and so of its workers).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DaemonOptions {
@@ -211,6 +213,7 @@ impl Default for DaemonOptions {
             mock_plugins: true,
             extra_plugin_files: Vec::new(),
             extra_config: serde_json::Map::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -277,6 +280,7 @@ impl Daemon {
         cmd.args(["--foreground", "--port", "0", "--address", "127.0.0.1", "--config"])
             .arg(self.dir.path().join("imagefactory.conf"))
             .env("RUST_LOG", "info")
+            .envs(self.opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -363,6 +367,12 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Restarts the daemon over the same directory with `name=value` in its environment.
+    pub fn restart_with_env(&mut self, name: &str, value: &str) {
+        self.opts.env.push((name.to_string(), value.to_string()));
+        self.restart();
     }
 
     /// The OAuth `Authorization` header for a request (a fresh nonce, the current time).

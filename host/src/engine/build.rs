@@ -103,10 +103,8 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     let build = Build { inner, id, job, secrets, last_percent: std::cell::Cell::new((None, 0)) };
     let is_delete = matches!(plan, Plan::Delete { .. });
     let outcome = match plan {
-        Plan::Base { plugin } => build.base(&plugin).and_then(|()| build.write_sbom(None)),
-        Plan::Target { base_id, os, cloud } => {
-            build.target(&base_id, &os, &cloud).and_then(|()| build.write_sbom(Some(&base_id)))
-        }
+        Plan::Base { plugin } => build.base_cached(&plugin),
+        Plan::Target { base_id, os, cloud } => build.target_cached(&base_id, &os, &cloud),
         Plan::Push { target_id, cloud, provider, credentials } => build.push(&target_id, &cloud, provider, credentials),
         Plan::Snapshot { cloud, provider, credentials } => build.snapshot(&cloud, provider, credentials),
         Plan::Import { file } => build.import(&file),
@@ -203,8 +201,9 @@ impl Build<'_> {
 
     /// Writes the image's SBOM (see [`super::sbom`]): the plugin's document, else the
     /// base's packages (a target), else the ICICLE's; finished with the body's SHA-256
-    /// and, for a target, the reference to its base's document.
-    fn write_sbom(&self, base_id: Option<&str>) -> Step<()> {
+    /// and, for a target, the reference to its base's document. `known_sha256` spares
+    /// hashing the body again (a cache hit); returns the body's SHA-256.
+    fn write_sbom(&self, base_id: Option<&str>, known_sha256: Option<&str>) -> Step<String> {
         use super::sbom;
         let rec = self.current()?;
         self.activity("Writing the SBOM (the image's SHA-256 and its packages)");
@@ -233,8 +232,11 @@ impl Build<'_> {
                 sbom::with_packages(sbom::packages_from_icicle(rec.icicle.as_deref().unwrap_or(""), &os))
             }
         };
-        let sha256 = sbom::sha256_file(std::path::Path::new(&rec.data))
-            .map_err(|e| Failure::msg(format!("cannot read the image body to hash it: {e}")))?;
+        let sha256 = match known_sha256 {
+            Some(s) => s.to_string(),
+            None => sbom::sha256_file(std::path::Path::new(&rec.data))
+                .map_err(|e| Failure::msg(format!("cannot read the image body to hash it: {e}")))?,
+        };
         let base_ref = match (base_id, base_file.as_deref(), &base_doc) {
             (Some(id), Some(path), Some(_)) => Some(sbom::BaseRef {
                 image_id: id,
@@ -250,7 +252,185 @@ impl Build<'_> {
             .write_file(self.id, sbom::FILE_NAME, &text)
             .map_err(|e| Failure::msg(format!("cannot keep the SBOM: {e}")))?;
         self.log("INFO", &format!("SBOM: {} packages, image sha256 {sha256}", sbom::package_names(&doc).len()));
+        Ok(sha256)
+    }
+
+    /// A base image from the cache when an equal build is there, else built, its SBOM
+    /// written and kept in the cache.
+    fn base_cached(&self, plugin: &ResolvedPlugin) -> Step<()> {
+        let rec = self.current()?;
+        let key = self.base_key(plugin, &rec)?;
+        if let Some(k) = &key {
+            if self.reuse_cached(k, &rec, None)? {
+                return Ok(());
+            }
+        }
+        self.base(plugin)?;
+        let sha256 = self.write_sbom(None, None)?;
+        if let Some(k) = key {
+            self.keep_in_cache(&k, &sha256);
+        }
         Ok(())
+    }
+
+    /// A target image from the cache when an equal build is there, else made, its SBOM
+    /// written and kept in the cache.
+    fn target_cached(&self, base_id: &str, os: &ResolvedPlugin, cloud: &ResolvedPlugin) -> Step<()> {
+        let base = self.wait_for_parent(base_id, "BaseImage", "TargetImage")?;
+        let rec = self.current()?;
+        let key = self.target_key(&base, os, cloud, &rec);
+        if let Some(k) = &key {
+            if self.reuse_cached(k, &rec, Some(base_id))? {
+                return Ok(());
+            }
+        }
+        self.target(base_id, os, cloud)?;
+        let sha256 = self.write_sbom(Some(base_id), None)?;
+        if let Some(k) = key {
+            self.keep_in_cache(&k, &sha256);
+        }
+        Ok(())
+    }
+
+    /// A plugin's manifest version.
+    fn plugin_version(&self, plugin: &ResolvedPlugin) -> Option<String> {
+        self.inner.plugins.entry(&plugin.name)?.manifest.as_ref().map(|m| m.version.clone())
+    }
+
+    /// The cache key of this base image, or None when it cannot be cached (the cache is
+    /// off, or the plugin cannot tell the state of its package sources). Never fails the
+    /// build: why there is no key is logged.
+    fn base_key(&self, plugin: &ResolvedPlugin, rec: &ImageRecord) -> Step<Option<String>> {
+        use super::cache;
+        if !self.inner.cache.enabled() {
+            return Ok(None);
+        }
+        let Some(version) = self.plugin_version(plugin) else { return Ok(None) };
+        self.activity("Reading the state of the package sources (build cache)");
+        let template = self.inner.template_of(rec).unwrap_or_default();
+        let req = SourceStateRequest {
+            template: template.clone(),
+            parameters: rec.parameters.clone(),
+            settings: self.inner.config.settings.clone(),
+        };
+        let state = match self.call(plugin, Operation::SourceState(req), Path::new(&rec.data), 0, 0) {
+            Ok(v) => serde_json::from_value::<Option<SourceState>>(v).map_err(|e| e.to_string()),
+            Err(Failure::Cancelled) => return Err(Failure::Cancelled),
+            Err(Failure::Error { cause, .. }) => Err(cause),
+        };
+        let state = match state {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                self.log("INFO", "build cache: the plugin does not report its package sources; not cached");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.log("WARN", &format!("build cache: cannot read the package sources' state ({e}); not cached"));
+                return Ok(None);
+            }
+        };
+        match cache::base_key(&template, (&plugin.name, &version), &rec.parameters, &state) {
+            Ok(k) => Ok(Some(k)),
+            Err(e) => {
+                self.log("WARN", &format!("build cache: {e}; not cached"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The cache key of this target image: from its base's key (a base that was not
+    /// cached makes targets that are not either).
+    fn target_key(
+        &self,
+        base: &ImageRecord,
+        os: &ResolvedPlugin,
+        cloud: &ResolvedPlugin,
+        rec: &ImageRecord,
+    ) -> Option<String> {
+        if !self.inner.cache.enabled() {
+            return None;
+        }
+        let base_key = base.properties.get("cache_key")?.as_str()?;
+        let target = rec.target.clone()?;
+        let template = self.inner.template_of(rec).unwrap_or_default();
+        let host_content = self.target_content(&target, &template);
+        let (osv, cv) = (self.plugin_version(os)?, self.plugin_version(cloud)?);
+        super::cache::target_key(
+            base_key,
+            &target,
+            &template,
+            (&os.name, &osv),
+            (&cloud.name, &cv),
+            &rec.parameters,
+            &host_content,
+        )
+        .map_err(|e| self.log("WARN", &format!("build cache: {e}; not cached")))
+        .ok()
+    }
+
+    /// Gives this image the cache entry's bytes when there is one (and the parameters
+    /// do not say `no_cache`): COMPLETE at once, `properties.cached_from` naming the
+    /// image that was built. False when it must be built.
+    fn reuse_cached(&self, key: &str, rec: &ImageRecord, base_id: Option<&str>) -> Step<bool> {
+        if super::cache::no_cache(&rec.parameters) {
+            self.log("INFO", "build cache: no_cache is set; building");
+            return Ok(false);
+        }
+        let Some(info) = self.inner.cache.lookup(key) else {
+            self.log("INFO", &format!("build cache: no entry for key {key}; building"));
+            return Ok(false);
+        };
+        self.set_status(Status::Building, &format!("Reusing the build of image {} (build cache)", info.source_image));
+        let files = self.inner.store.files_dir(self.id);
+        let shared = match self.inner.cache.restore(&info, Path::new(&rec.data), &files) {
+            Ok(s) => s,
+            Err(e) => {
+                self.log("WARN", &format!("build cache: cannot reuse entry {key} ({e}); building"));
+                return Ok(false);
+            }
+        };
+        self.update(|r| {
+            if info.icicle.is_some() {
+                r.icicle = info.icicle.clone();
+            }
+            r.properties.extend(info.properties.clone());
+            r.properties.insert("cache_key".into(), key.into());
+            r.properties.insert("cached_from".into(), info.source_image.clone().into());
+        });
+        self.write_sbom(base_id, Some(&info.body_sha256))?;
+        self.log(
+            "INFO",
+            &format!("build cache: hit for key {key}; body shared ({shared:?}) with {}", info.source_image),
+        );
+        Ok(true)
+    }
+
+    /// Keeps this finished image as the cache entry for `key` (a failure to is logged;
+    /// the image is complete either way).
+    fn keep_in_cache(&self, key: &str, sha256: &str) {
+        self.update(|r| {
+            r.properties.insert("cache_key".into(), key.into());
+        });
+        let Ok(rec) = self.current() else { return };
+        let mut properties = rec.properties.clone();
+        properties.remove("cached_from");
+        let body = Path::new(&rec.data);
+        let info = super::cache::EntryInfo {
+            key: key.to_string(),
+            source_image: self.id.to_string(),
+            icicle: rec.icicle.clone(),
+            properties,
+            body_sha256: sha256.to_string(),
+            allocated_bytes: super::cache::allocated_bytes(body),
+            last_used: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        match self.inner.cache.insert(&info, body, &self.inner.store.files_dir(self.id)) {
+            Ok(shared) => self.log("INFO", &format!("build cache: kept as entry {key} ({shared:?})")),
+            Err(e) => self.log("WARN", &format!("build cache: cannot keep this image ({e})")),
+        }
     }
 
     /// Records the end of a build: COMPLETE, or FAILED with the one-line error.

@@ -8,6 +8,7 @@
 //! (BUILDING) and ends COMPLETE or FAILED. Every change is persisted as it happens.
 
 mod build;
+pub mod cache;
 mod callbacks;
 pub mod events;
 pub mod sbom;
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     pub target_content: Option<imagefactory_plugin_api::tdl::TargetContentIncludes>,
     /// Events held for resuming streams, and how far a live subscriber may lag.
     pub event_history: usize,
+    /// The build cache's bound in bytes of bodies (0: no cache).
+    pub cache_max_bytes: u64,
 }
 
 /// A request for a provider image (a push of a target image, or a snapshot build).
@@ -110,6 +113,8 @@ pub(crate) struct Inner {
     changed: (Mutex<u64>, Condvar),
     /// Every visible change, numbered, for event-stream subscribers.
     events: events::EventHub,
+    /// Finished builds by the hash of their inputs.
+    cache: cache::Cache,
 }
 
 /// The engine; cheap to clone (one shared state).
@@ -128,6 +133,7 @@ impl Engine {
     pub fn new(store: Store, plugins: Arc<PluginRegistry>, config: EngineConfig) -> Engine {
         let slots = slots::Slots::new(config.max_concurrent_local_sessions);
         let events = events::EventHub::with_history(config.event_history);
+        let cache = cache::Cache::new(store.dir(), config.cache_max_bytes);
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -139,6 +145,7 @@ impl Engine {
                 write_lock: Mutex::new(()),
                 changed: (Mutex::new(0), Condvar::new()),
                 events,
+                cache,
             }),
         }
     }

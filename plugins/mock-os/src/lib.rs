@@ -11,6 +11,12 @@
 //! sparsely and records the target content it was given in the image's properties
 //! (`mock_applied_files`, `mock_applied_commands`, `mock_applied_packages`), since it
 //! has no file system to apply it to.
+//!
+//! Source state (the host's build cache): a template whose install URL is `file://DIR/`
+//! reads its "mirror" from DIR, whose `Release` file's digest is the source state; any
+//! other URL has no state the plugin can tell, so such builds are never cached. The
+//! manifest's version is `IMAGEFACTORY_MOCK_OS_VERSION` when that is set (to test that a
+//! new plugin version misses the cache).
 
 use imagefactory_plugin_api::prelude::*;
 
@@ -59,6 +65,20 @@ impl OsPlugin for MockOs {
         }
         std::fs::write(host.body_path(), body)?;
         Ok(TargetImageOutcome::default())
+    }
+
+    fn source_state(&self, _host: &Host, req: SourceStateRequest) -> Result<Option<SourceState>, PluginError> {
+        use sha2::{Digest, Sha256};
+        let template = imagefactory_plugin_api::tdl::Template::parse(&req.template, &Default::default())
+            .map_err(|e| PluginError::new(e.to_string()))?;
+        let imagefactory_plugin_api::tdl::Install::Url { url } = &template.os.install else { return Ok(None) };
+        let Some(dir) = url.strip_prefix("file://") else { return Ok(None) };
+        let release = std::path::Path::new(dir).join("Release");
+        let bytes = std::fs::read(&release)
+            .map_err(|e| PluginError::with_source(format!("cannot read {}", release.display()), &e))?;
+        let digest = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let url = format!("file://{}", release.display());
+        Ok(Some(SourceState { sources: vec![SourceFile { url, digest: format!("sha256:{digest}") }] }))
     }
 }
 
@@ -110,9 +130,10 @@ fn copy_mock_disk(host: &Host, req: &TargetImageRequest) -> Result<TargetImageOu
 }
 
 fn manifest() -> Manifest {
+    let version = std::env::var("IMAGEFACTORY_MOCK_OS_VERSION").unwrap_or_else(|_| "1.0".to_string());
     Manifest::os(
         "MockOS",
-        "1.0",
+        &version,
         "Mock OS plugin for tests: writes small text bodies, builds no VM",
         &[("MockOS_A", None, None), ("MockOS_B", Some("1"), Some("x86_64"))],
     )
