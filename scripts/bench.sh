@@ -6,7 +6,7 @@
 # machine move from run to run.
 #
 #   bash scripts/bench.sh            # all benches
-#   bash scripts/bench.sh api_get    # some of them: api_get, store_list, discovery, api_load
+#   bash scripts/bench.sh api_get    # some of them: api_get, store_list, discovery, api_load, cache
 #
 # Loopback traffic only; every bench runs a bounded number of iterations and exits.
 # The full output is kept in $CARGO_TARGET_DIR/bench-report.txt.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/bench}
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(api_get store_list discovery api_load)
+[ ${#benches[@]} -gt 0 ] || benches=(api_get store_list discovery api_load cache)
 
 cargo build --release --workspace --quiet
 report="$CARGO_TARGET_DIR/bench-report.txt"

@@ -84,13 +84,10 @@ struct Entry {
 }
 
 impl Entry {
+    /// The entry of `rec`, whose template was taken out of it (into `template`).
     fn new(rec: &ImageRecord, template: Option<Arc<str>>, modified: SystemTime) -> Entry {
-        let json = {
-            let mut bare = rec.clone();
-            bare.template = None;
-            // Serializing a record cannot fail: its maps have string keys.
-            serde_json::to_string(&bare).unwrap_or_default()
-        };
+        // Serializing a record cannot fail: its maps have string keys.
+        let json = serde_json::to_string(rec).unwrap_or_default();
         Entry {
             kind: rec.kind,
             status: rec.status,
@@ -216,11 +213,11 @@ fn lock_opened(file: &File, path: &Path) -> LockAttempt {
 const LOCK_ATTEMPTS: usize = 16;
 
 impl Index {
-    fn insert(&mut self, rec: &ImageRecord, modified: SystemTime) {
+    fn insert(&mut self, mut rec: ImageRecord, modified: SystemTime) {
         self.remove(&rec.identifier);
         self.generation += 1;
-        let template = rec.template.as_deref().map(|t| self.intern(t));
-        let entry = Entry::new(rec, template, modified);
+        let template = rec.template.take().map(|t| self.intern(t));
+        let entry = Entry::new(&rec, template, modified);
         if let Some(parent) = entry.parent() {
             self.children.entry(parent.to_string()).or_default().insert(rec.identifier.clone());
         }
@@ -228,8 +225,8 @@ impl Index {
     }
 
     /// The shared copy of `template`, made if it is new.
-    fn intern(&mut self, template: &str) -> Arc<str> {
-        if let Some(t) = self.templates.get(template) {
+    fn intern(&mut self, template: String) -> Arc<str> {
+        if let Some(t) = self.templates.get(template.as_str()) {
             return Arc::clone(t);
         }
         let t: Arc<str> = template.into();
@@ -413,7 +410,7 @@ impl Store {
             }
             match read_meta(&entry.path()) {
                 Ok(rec) => {
-                    index.insert(&rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
+                    index.insert(rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
                 }
                 Err(e) => {
                     tracing::warn!(file = %entry.path().display(), error = %e, "skipping unreadable image metadata")
@@ -456,7 +453,7 @@ impl Store {
         // does not rescan for nothing. (A change by another process in the same instant
         // is picked up by `get`, which falls back to disk.)
         let known_before = index.dir_mtime.is_some();
-        index.insert(record, modified);
+        index.insert(record.clone(), modified);
         if known_before {
             index.dir_mtime = mtime(&self.dir);
         }
@@ -482,7 +479,7 @@ impl Store {
         }
         let rec = read_meta(&path).ok()?;
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        index.insert(&rec, on_disk);
+        index.insert(rec.clone(), on_disk);
         Some(rec)
     }
 
