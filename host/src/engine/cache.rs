@@ -19,6 +19,10 @@
 //! removes only its own name for the blocks, so neither the cache nor another image
 //! loses a body it still uses.
 //!
+//! A hard-linked body is the same file as the entry's: the host never writes into a
+//! complete image's body (targets, pushes and conversions read it and write their own),
+//! which is what makes sharing it safe.
+//!
 //! **The bound**: `cache_max_bytes` of bodies (allocated bytes); past it the least
 //! recently used entries are dropped (their blocks go once no image uses them either).
 
@@ -110,11 +114,15 @@ impl Cache {
     pub fn restore(&self, info: &EntryInfo, body: &Path, files: &Path) -> Result<Shared, CacheError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.entry_dir(&info.key);
-        let shared = share(&dir.join("body"), body)?;
+        // The body last: a failure before it leaves the image's own (empty) body file,
+        // never a link to the entry's bytes that a build would then write through.
         copy_files(&dir.join("files"), files)?;
+        let shared = share(&dir.join("body"), body)?;
         let mut used = info.clone();
         used.last_used = now();
-        write_json(&dir.join("entry.json"), &used)?;
+        if let Err(e) = write_json(&dir.join("entry.json"), &used) {
+            tracing::warn!(key = %info.key, error = %e, "cannot mark a cache entry used");
+        }
         Ok(shared)
     }
 
