@@ -162,10 +162,11 @@ impl Engine {
     /// flight forever. Images whose build lock another live process holds are left alone.
     pub fn recover(&self) -> usize {
         let mut count = 0;
-        for rec in self.inner.store.query(&Query::default()) {
-            if !rec.status.is_in_flight() {
-                continue;
-            }
+        // One query per in-flight status: only those records are parsed, not the store.
+        let in_flight = [Status::New, Status::Pending, Status::Building, Status::Deleting]
+            .into_iter()
+            .flat_map(|status| self.inner.store.query(&Query { status: Some(status), ..Query::default() }));
+        for rec in in_flight {
             let Some(_lock) = self.inner.store.try_lock(&rec.identifier) else { continue };
             let status = if rec.status == Status::Deleting { Status::DeleteFailed } else { Status::Failed };
             let res = self.inner.update(&rec.identifier, |r| {
