@@ -39,24 +39,30 @@ pub fn mmdebstrap_args(suite: &str, arch: &str, mirror: &str, packages: &[&str],
     ]
 }
 
+/// What mmdebstrap installs: the suite from the mirror, for the architecture.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub suite: &'a str,
+    pub arch: &'a str,
+    pub mirror: &'a str,
+}
+
 /// Runs mmdebstrap in a private mount namespace: the /proc, /sys and /dev it mounts in
-/// the tree vanish with it, even if it is killed half way.
-pub fn run(
-    suite: &str,
-    arch: &str,
-    mirror: &str,
-    packages: &[&str],
-    root: &Path,
-    watch: &dyn Watch,
-) -> Result<(), DiskError> {
+/// the tree vanish with it, even if it is killed half way. `epoch` is its
+/// SOURCE_DATE_EPOCH, which it hands to dpkg and every maintainer script (and which
+/// makes it empty /etc/machine-id and remove its logs, for a reproducible tree).
+pub fn run(source: Source, packages: &[&str], root: &Path, epoch: u64, watch: &dyn Watch) -> Result<(), DiskError> {
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "mmdebstrap"])
-        .args(mmdebstrap_args(suite, arch, mirror, packages, root));
+        .args(mmdebstrap_args(source.suite, source.arch, source.mirror, packages, root))
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
     process::run("mmdebstrap", cmd, Options::default(), watch)?;
     Ok(())
 }
 
-/// Lifts the hold and builds the initramfs of every installed kernel, once.
+/// Lifts the hold and builds the initramfs of every installed kernel, once
+/// (initramfs-tools makes the same archive every time when the chroot's
+/// SOURCE_DATE_EPOCH is set: sorted entries, every time the epoch).
 pub fn build_initramfs(chroot: &Chroot, watch: &dyn Watch) -> Result<(), DiskError> {
     let stub = chroot.root().join("usr/sbin/update-initramfs");
     std::fs::remove_file(&stub).map_err(|e| DiskError::io("cannot remove", &stub, e))?;

@@ -26,6 +26,12 @@ pub enum DebianError {
     #[error("cannot fetch {url}: {reason}")]
     Fetch { url: String, reason: String },
 
+    #[error("the build_key parameter must be 64 hex digits (32 bytes): got {0}")]
+    BadBuildKey(String),
+
+    #[error("{url} has no Date: field to take the build's SOURCE_DATE_EPOCH from")]
+    NoReleaseDate { url: String },
+
     #[error(transparent)]
     Disk(#[from] DiskError),
 }

@@ -17,12 +17,18 @@
 //! - [`customize`]: the template's content applied in the chroot;
 //! - [`fetch`]: template content given by URL;
 //! - [`icicle`]: the package manifest;
+//! - [`state`]: the mirror state a build reads (suite files by URL and SHA-256), the
+//!   host's cache key ([`state::source_state`]) and the build's SOURCE_DATE_EPOCH;
+//! - [`seed`]: the build key, and every value a build would otherwise choose at random;
+//! - [`scrub`]: what differs between builds, taken out of the tree;
+//! - [`digest`]: SHA-256 digests and their hex form;
 //! - [`build`]: the steps in order;
 //! - [`target`]: the second stage, a copy of a base image with a target's content.
 
 pub mod bootstrap;
 pub mod build;
 pub mod customize;
+pub mod digest;
 pub mod error;
 pub mod fetch;
 pub mod icicle;
@@ -31,9 +37,14 @@ pub mod password;
 pub mod plan;
 pub mod release;
 pub mod sbom;
+pub mod scrub;
+pub mod seed;
 pub mod sources;
+pub mod state;
 pub mod system;
 pub mod target;
+
+pub use state::source_state;
 
 use imagefactory_plugin_api::prelude::*;
 
@@ -47,6 +58,15 @@ impl OsPlugin for DebianOs {
 
     fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
         target::create_target_image(host, &req)
+    }
+
+    /// The suite files the build would read, for the host's build cache: equal files,
+    /// equal packages (see [`state`]).
+    fn source_state(&self, host: &Host, req: SourceStateRequest) -> Result<Option<SourceState>, PluginError> {
+        host.activity("Reading the mirror's suite files (InRelease)");
+        let pairs = state::source_state(&req.template).map_err(|e| PluginError::new(e.to_string()))?;
+        let sources = pairs.into_iter().map(|(url, digest)| SourceFile { url, digest }).collect();
+        Ok(Some(SourceState { sources }))
     }
 }
 

@@ -1,6 +1,10 @@
 //! The root password: hashed on the build host (SHA-512 crypt, `openssl passwd -6`) and
 //! written into /etc/shadow as a hash. The plain text only ever travels on openssl's
 //! stdin: never in a command line (visible in `ps`), a file, the image or the log.
+//!
+//! A reproducible build gives the salt (from its build key, [`crate::seed`]) and the
+//! day of the last change (from its SOURCE_DATE_EPOCH), so the same template makes the
+//! same /etc/shadow; openssl would otherwise choose a random salt.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,10 +12,19 @@ use std::process::Command;
 use diskimage::process::{self, Options, Watch};
 use diskimage::DiskError;
 
-/// Hashes `password` with a fresh random salt.
-pub fn hash(password: &str, watch: &dyn Watch) -> Result<String, DiskError> {
+/// Hashes `password` with `salt` (crypt's alphabet, at most 16 characters), or with a
+/// fresh random salt when `None`.
+pub fn hash(password: &str, salt: Option<&str>, watch: &dyn Watch) -> Result<String, DiskError> {
     let mut cmd = Command::new("openssl");
-    cmd.args(["passwd", "-6", "-stdin"]);
+    cmd.args(["passwd", "-6"]);
+    if let Some(salt) = salt {
+        let ok = salt.len() <= 16 && salt.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+        if !ok {
+            return Err(DiskError::Unexpected("a crypt salt is at most 16 of [a-zA-Z0-9./]".into()));
+        }
+        cmd.args(["-salt", salt]);
+    }
+    cmd.arg("-stdin");
     let out = process::run(
         "openssl passwd",
         cmd,
@@ -49,16 +62,32 @@ pub fn set_in_shadow(shadow: &str, user: &str, hash: &str, today: u64) -> Result
     Ok(out)
 }
 
-/// Sets root's password in the tree at `root` to the hash of `password`.
-pub fn set_root_password(root: &Path, password: &str, watch: &dyn Watch) -> Result<(), DiskError> {
-    let hashed = hash(password, watch)?;
+/// How a reproducible build hashes the password: the salt, and the moment of the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fixed {
+    pub salt: String,
+    /// Seconds since 1970 (SOURCE_DATE_EPOCH); shadow keeps the day.
+    pub epoch: u64,
+}
+
+/// Sets root's password in the tree at `root` to the hash of `password`: with `fixed`'s
+/// salt and day, or a random salt and today.
+pub fn set_root_password(
+    root: &Path,
+    password: &str,
+    fixed: Option<&Fixed>,
+    watch: &dyn Watch,
+) -> Result<(), DiskError> {
+    let hashed = hash(password, fixed.map(|f| f.salt.as_str()), watch)?;
     let path = root.join("etc/shadow");
     let text = std::fs::read_to_string(&path).map_err(|e| DiskError::io("cannot read", &path, e))?;
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or_default();
-    let updated = set_in_shadow(&text, "root", &hashed, today)?;
+    let seconds = match fixed {
+        Some(f) => f.epoch,
+        None => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+        }
+    };
+    let updated = set_in_shadow(&text, "root", &hashed, seconds / 86_400)?;
     std::fs::write(&path, updated).map_err(|e| DiskError::io("cannot write", &path, e))
 }
 
@@ -77,11 +106,21 @@ mod tests {
 
     #[test]
     fn hashing_is_salted_and_never_echoes_the_password() {
-        let a = hash("s3cret-pw", &Quiet).unwrap();
-        let b = hash("s3cret-pw", &Quiet).unwrap();
+        let a = hash("s3cret-pw", None, &Quiet).unwrap();
+        let b = hash("s3cret-pw", None, &Quiet).unwrap();
         assert!(a.starts_with("$6$"), "{a}");
         assert_ne!(a, b, "each hash has its own salt");
         assert!(!a.contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn a_given_salt_makes_the_same_hash() {
+        let a = hash("s3cret-pw", Some("abcdefgh./012345"), &Quiet).unwrap();
+        assert!(a.starts_with("$6$abcdefgh./012345$"), "{a}");
+        assert_eq!(a, hash("s3cret-pw", Some("abcdefgh./012345"), &Quiet).unwrap());
+        assert_ne!(a, hash("other-pw", Some("abcdefgh./012345"), &Quiet).unwrap());
+        assert!(hash("x", Some("bad salt"), &Quiet).is_err());
+        assert!(hash("x", Some(&"a".repeat(17)), &Quiet).is_err());
     }
 
     #[test]
@@ -89,9 +128,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
-        set_root_password(dir.path(), "hunter2-xyz", &Quiet).unwrap();
+        set_root_password(dir.path(), "hunter2-xyz", None, &Quiet).unwrap();
         let shadow = std::fs::read_to_string(dir.path().join("etc/shadow")).unwrap();
         assert!(shadow.starts_with("root:$6$"), "{shadow}");
         assert!(!shadow.contains("hunter2-xyz"));
+    }
+
+    #[test]
+    fn a_fixed_salt_and_epoch_make_the_same_shadow() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let fixed = Fixed { salt: "0123456789abcdef".into(), epoch: 1_768_039_644 };
+        let mut shadows = Vec::new();
+        for _ in 0..2 {
+            std::fs::write(dir.path().join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+            set_root_password(dir.path(), "hunter2-xyz", Some(&fixed), &Quiet).unwrap();
+            shadows.push(std::fs::read_to_string(dir.path().join("etc/shadow")).unwrap());
+        }
+        assert_eq!(shadows[0], shadows[1]);
+        // 1768039644 s is in day 20463 since 1970.
+        assert!(
+            shadows[0].starts_with("root:$6$0123456789abcdef$") && shadows[0].contains(":20463:"),
+            "{}",
+            shadows[0]
+        );
     }
 }

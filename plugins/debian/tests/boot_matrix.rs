@@ -14,6 +14,8 @@
 //! image opened read-only (snapshot). Figures print with `--nocapture`:
 //! `cargo test -p debian-os-plugin --test boot_matrix -- --nocapture`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,17 +40,7 @@ fn marker_template(version: &str) -> String {
 
 /// Builds with the CLI and returns the new image's id; panics with the build log's tail.
 fn build(f: &Factory, args: &[&str]) -> String {
-    let run = f.run(args, BUILD_DEADLINE);
-    let id = run.field("UUID:").unwrap_or_default();
-    if !run.stdout.contains("Image build completed SUCCESSFULLY!") {
-        panic!(
-            "imagefactory {args:?} failed:\n{}\n{}\nbuild log (tail):\n{}",
-            run.stdout,
-            run.stderr,
-            testkit::boot::tail(&f.build_log(&id), 60)
-        );
-    }
-    id
+    common::build(f, args, BUILD_DEADLINE)
 }
 
 /// The image's SBOM: valid SPDX (pyspdxtools), the image described with its body's

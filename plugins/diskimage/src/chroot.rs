@@ -92,17 +92,28 @@ const ENV: &[(&str, &str)] = &[
 pub struct Chroot {
     root: PathBuf,
     image: Option<ImagePartition>,
+    /// Set for every command besides [`ENV`] (see [`Chroot::with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Chroot {
     pub fn new(root: impl Into<PathBuf>) -> Chroot {
-        Chroot { root: root.into(), image: None }
+        Chroot { root: root.into(), image: None, env: Vec::new() }
     }
 
     /// The file system of `partition`, mounted at `mountpoint` (an empty directory) only
     /// while each command runs, in the command's private namespace. Needs root.
     pub fn on_image(partition: ImagePartition, mountpoint: impl Into<PathBuf>) -> Chroot {
-        Chroot { root: mountpoint.into(), image: Some(partition) }
+        Chroot { root: mountpoint.into(), image: Some(partition), env: Vec::new() }
+    }
+
+    /// Also sets `key=value` for every command run in the root. The environment is
+    /// otherwise fixed ([`ENV`]); this is for what the build decides, such as the
+    /// `SOURCE_DATE_EPOCH` that makes package scripts write the same files every time.
+    pub fn with_env(mut self, key: &str, value: &str) -> Chroot {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -145,6 +156,7 @@ impl Chroot {
                 .arg(&p.stage),
         };
         cmd.arg(program).args(args).env_clear().envs(ENV.iter().copied());
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd
     }
 
@@ -215,6 +227,19 @@ mod tests {
         assert_eq!(&args[args.len() - 3..], &["/w/root", "/bin/sh", "/tmp/x"]);
         let envs: Vec<_> = c.get_envs().map(|(k, _)| k.to_string_lossy().into_owned()).collect();
         assert!(envs.contains(&"DEBIAN_FRONTEND".to_string()));
+        assert!(!envs.contains(&"SOURCE_DATE_EPOCH".to_string()));
+    }
+
+    #[test]
+    fn extra_environment_reaches_every_command_once() {
+        let c = Chroot::new("/w/root").with_env("SOURCE_DATE_EPOCH", "1").with_env("SOURCE_DATE_EPOCH", "1700000000");
+        let cmd = c.command("true", std::iter::empty::<&str>());
+        let envs: Vec<(String, String)> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_string_lossy().into_owned(), v?.to_string_lossy().into_owned())))
+            .collect();
+        assert!(envs.contains(&("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string())), "{envs:?}");
+        assert_eq!(envs.iter().filter(|(k, _)| k == "SOURCE_DATE_EPOCH").count(), 1);
     }
 
     #[test]

@@ -36,8 +36,15 @@ impl Layout {
 
     /// The input `sfdisk` reads: a dos label, partition 1 bootable, type 83 (Linux).
     pub fn sfdisk_script(&self) -> String {
+        self.sfdisk_script_with_id(None)
+    }
+
+    /// [`Layout::sfdisk_script`] with the MBR's disk identifier given, instead of the
+    /// random one sfdisk chooses (a reproducible build needs the same one every time).
+    pub fn sfdisk_script_with_id(&self, disk_id: Option<u32>) -> String {
+        let id = disk_id.map(|id| format!("label-id: 0x{id:08x}\n")).unwrap_or_default();
         format!(
-            "label: dos\nunit: sectors\n\nstart={}, size={}, type=83, bootable\n",
+            "label: dos\n{id}unit: sectors\n\nstart={}, size={}, type=83, bootable\n",
             self.partition_start / SECTOR,
             self.partition_size / SECTOR
         )
@@ -45,6 +52,11 @@ impl Layout {
 
     /// Creates `image` as a sparse file of the disk's size and writes the partition table.
     pub fn create(&self, image: &Path, watch: &dyn Watch) -> Result<(), DiskError> {
+        self.create_with_id(image, None, watch)
+    }
+
+    /// [`Layout::create`] with the MBR's disk identifier given (`None`: sfdisk's random one).
+    pub fn create_with_id(&self, image: &Path, disk_id: Option<u32>, watch: &dyn Watch) -> Result<(), DiskError> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -58,7 +70,7 @@ impl Layout {
         process::run(
             "sfdisk",
             cmd,
-            Options { stdin: Some(self.sfdisk_script().into_bytes()), ..Default::default() },
+            Options { stdin: Some(self.sfdisk_script_with_id(disk_id).into_bytes()), ..Default::default() },
             watch,
         )?;
         Ok(())
@@ -187,5 +199,18 @@ mod tests {
         assert_eq!(t.partitions[0].start, 2048);
         assert_eq!(t.partitions[0].size * SECTOR, l.partition_size);
         assert!(crate::size::allocated(&img).unwrap() < 1 << 20, "the new image should be sparse");
+    }
+
+    #[test]
+    fn a_given_disk_identifier_is_written_and_the_table_is_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::single(32 << 20).unwrap();
+        assert!(l.sfdisk_script_with_id(Some(0x1234abcd)).contains("label-id: 0x1234abcd\n"));
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        l.create_with_id(&a, Some(0x1234abcd), &process::Quiet).unwrap();
+        l.create_with_id(&b, Some(0x1234abcd), &process::Quiet).unwrap();
+        let (a, b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert_eq!(&a[0x1b8..0x1bc], &0x1234abcdu32.to_le_bytes());
+        assert!(a == b, "two tables with the same identifier differ");
     }
 }

@@ -10,12 +10,17 @@
 //!   private mount namespace that dies with the command.
 //! - [`size`]: how big the disk must be for the tree; how much of an image is allocated.
 //! - [`layout`]: the MBR partition table (`sfdisk`) of a sparse image file.
-//! - [`ext4`]: the root file system written straight into partition 1 (`mkfs.ext4 -d`).
+//! - [`clamp`]: the tree's file times pinned to the build's SOURCE_DATE_EPOCH.
+//! - [`ext4`]: the root file system written straight into partition 1 (`mkfs.ext4 -d`),
+//!   the same bytes for the same tree when pinned.
 //! - [`grub`]: GRUB for BIOS boot (grub-mkimage, boot.img and core.img written by hand).
+//! - [`extract`]: the tree of an image's partition copied back out into a directory.
 
 pub mod chroot;
+pub mod clamp;
 pub mod error;
 pub mod ext4;
+pub mod extract;
 pub mod grub;
 pub mod layout;
 pub mod process;

@@ -22,6 +22,8 @@ impl Tool {
 pub const DISK_TOOLS: &[Tool] = &[
     Tool::new("sfdisk", "fdisk"),
     Tool::new("mkfs.ext4", "e2fsprogs"),
+    Tool::new("debugfs", "e2fsprogs"),
+    Tool::new("dumpe2fs", "e2fsprogs"),
     Tool::new("grub-mkimage", "grub-pc-bin"),
     Tool::new("unshare", "util-linux"),
     Tool::new("chroot", "coreutils"),

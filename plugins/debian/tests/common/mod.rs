@@ -16,3 +16,18 @@ pub fn template(name: &str, version: &str, arch: &str, os_extra: &str, body: &st
 <install type='url'><url>host</url></install>{os_extra}</os>{body}</template>"
     )
 }
+
+/// Builds with the CLI and returns the new image's id; panics with the build log's tail.
+pub fn build(f: &Factory, args: &[&str], deadline: std::time::Duration) -> String {
+    let run = f.run(args, deadline);
+    let id = run.field("UUID:").unwrap_or_default();
+    if !run.stdout.contains("Image build completed SUCCESSFULLY!") {
+        panic!(
+            "imagefactory {args:?} failed:\n{}\n{}\nbuild log (tail):\n{}",
+            run.stdout,
+            run.stderr,
+            testkit::boot::tail(&f.build_log(&id), 60)
+        );
+    }
+    id
+}
