@@ -16,6 +16,11 @@ impl OsPlugin for FedoraOs {
     fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
         redhat::create_target_image(host, &req)
     }
+
+    /// The tree's `.treeinfo` and `repomd.xml` and the repositories' (see `redhat::state`).
+    fn source_state(&self, _host: &Host, req: SourceStateRequest) -> Result<Option<SourceState>, PluginError> {
+        redhat::state::source_state(&req.template).map_err(|e| PluginError::new(e.to_string()))
+    }
 }
 
 /// Any Fedora version is routed here; unsupported ones get a one-line error naming what

@@ -16,6 +16,7 @@
 //! - [`iso`]: ISO remastering with xorriso;
 //! - [`console`]: what the installer printed on its serial console;
 //! - [`icicle`]: the package manifest XML;
+//! - [`state`]: the install tree's and repositories' metadata, for the host's cache key;
 //! - [`install`]: the build, step by step.
 
 pub mod checksum;
@@ -30,6 +31,7 @@ pub mod install;
 pub mod iso;
 pub mod kickstart;
 pub mod password;
+pub mod state;
 pub mod target;
 pub mod treeinfo;
 

@@ -187,6 +187,27 @@ fn fedora_installs_from_a_url_tree_with_the_template_applied() {
         tail(&booted.console, 30)
     );
     println!("Fedora fixture disk booted to its init in {:?}", booted.elapsed);
+
+    // The build cache. The template's repositories do not answer, so the state of what
+    // the build reads cannot be told: built again, and the log says why.
+    let (again, again_id) = build(&f, &tdl, &[]);
+    assert_success(&f, &again, &again_id);
+    assert!(meta(&f, &again_id)["properties"].get("cached_from").is_none(), "cached without a source state");
+    let log = f.build_log(&again_id);
+    assert!(log.contains("cannot read the package sources' state") && log.contains("updates.example.invalid"), "{log}");
+    // Without them, the tree's .treeinfo is the state: the second build is served from
+    // the first, no second install.
+    let start = tdl.find("<repositories>").expect("the template's repositories");
+    let end = tdl.find("</repositories>").expect("their end") + "</repositories>".len();
+    let tree_only = format!("{}{}", &tdl[..start], &tdl[end..]);
+    let (built, built_id) = build(&f, &tree_only, &[]);
+    assert_success(&f, &built, &built_id);
+    let (hit, hit_id) = build(&f, &tree_only, &[]);
+    assert_success(&f, &hit, &hit_id);
+    let record = meta(&f, &hit_id);
+    assert_eq!(record["properties"]["cached_from"], built_id.as_str(), "not served from the cache: {record}");
+    assert_eq!(std::fs::read(f.body(&hit_id)).unwrap(), std::fs::read(f.body(&built_id)).unwrap());
+    println!("Fedora: full build {:?}, cache hit {:?}", built.elapsed, hit.elapsed);
 }
 
 #[test]

@@ -16,6 +16,11 @@ impl OsPlugin for RhelOs {
     fn create_target_image(&self, host: &Host, req: TargetImageRequest) -> Result<TargetImageOutcome, PluginError> {
         redhat::create_target_image(host, &req)
     }
+
+    /// The tree's `.treeinfo` and `repomd.xml` and the repositories' (see `redhat::state`).
+    fn source_state(&self, _host: &Host, req: SourceStateRequest) -> Result<Option<SourceState>, PluginError> {
+        redhat::state::source_state(&req.template).map_err(|e| PluginError::new(e.to_string()))
+    }
 }
 
 /// Every OS name of the family (Oz's `RHEL-7`, `CentOS-7`, ..., and `Rocky-9`,
