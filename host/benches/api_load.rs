@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{fmt_duration, percentile, print_header, print_row};
-use imagefactory::store::Store;
+use imagefactory::store::FileStore;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -295,8 +295,8 @@ fn main() {
     let work = tempfile::tempdir().expect("cannot make a temporary directory");
     let (full_storage, empty_storage) = (work.path().join("storage"), work.path().join("empty"));
     let ids = {
-        let store = Store::open(&full_storage).expect("cannot open the bench store");
-        common::populate(&store, IMAGES)
+        let store = FileStore::open(&full_storage).expect("cannot open the bench store");
+        common::populate(&store as &dyn imagefactory::store::ImageStore, IMAGES)
     };
     std::fs::create_dir_all(&empty_storage).expect("cannot make the empty store");
     let full_conf = write_config(&work.path().join("full"), &full_storage);

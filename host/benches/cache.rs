@@ -39,7 +39,7 @@ fn main() {
         no_oauth: true,
         plugins: vec![plugins],
         tmpdir: tmp,
-        image_manager_args: ImageManagerArgs { storage_path: storage },
+        image_manager_args: ImageManagerArgs { storage_path: storage, ..ImageManagerArgs::default() },
         ..Config::default()
     };
     let engine = imagefactory::setup::engine(&config, &[]).expect("cannot set up the engine");

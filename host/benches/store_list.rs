@@ -5,7 +5,7 @@
 //! For a listing of every image the answer itself grows 100-fold, so a ratio near 100 is
 //! the floor there; for `get` of one id and for a selective query it should stay near 1.
 //!
-//! Both stores are written through `Store::add`, the product's own write path (atomic
+//! Both stores are written through `FileStore::add`, the product's own write path (atomic
 //! and fsynced), once, before anything is timed. Bounded: fixed samples and iterations.
 
 mod common;
@@ -15,7 +15,7 @@ use std::path::Path;
 use common::{compare, print_comparison, print_header, Client};
 use imagefactory::engine::Engine;
 use imagefactory::image::ImageKind;
-use imagefactory::store::{Query, Store};
+use imagefactory::store::{FileStore, ImageStore, Query};
 
 const LARGE: usize = 10_000;
 const SMALL: usize = 100;
@@ -42,7 +42,7 @@ impl Fixture {
         Fixture { dir, ids, engine, client }
     }
 
-    fn store(&self) -> &Store {
+    fn store(&self) -> &dyn ImageStore {
         self.engine.store()
     }
 
@@ -70,7 +70,7 @@ fn main() {
     let started = std::time::Instant::now();
     let mut large = Fixture::new(&runtime, LARGE);
     let mut small = Fixture::new(&runtime, SMALL);
-    eprintln!("store_list: wrote {} images through Store::add in {:.1?}", LARGE + SMALL, started.elapsed());
+    eprintln!("store_list: wrote {} images through FileStore::add in {:.1?}", LARGE + SMALL, started.elapsed());
 
     print_header(
         &format!("store_list: {LARGE} stored images vs {SMALL}"),
@@ -79,19 +79,19 @@ fn main() {
     );
     let all_base = Query::kind(ImageKind::BaseImage);
     row("Store::query, all base images", &mut large, &mut small, (5, 400), |f| {
-        assert_eq!(f.store().query(&all_base).len(), f.ids.len());
+        assert_eq!(f.store().query(&all_base).unwrap().len(), f.ids.len());
     });
     // What GET of a base image asks for (its target images): a selective query.
     row("Store::query, target images of one base", &mut large, &mut small, (20, 2_000), |f| {
         let q = Query { base_image_id: Some(f.some_id().to_string()), ..Query::kind(ImageKind::TargetImage) };
-        assert!(f.store().query(&q).is_empty());
+        assert!(f.store().query(&q).unwrap().is_empty());
     });
     row("Store::get, one id", &mut large, &mut small, (20_000, 20_000), |f| {
-        assert!(f.store().get(f.some_id()).is_some());
+        assert!(f.store().get(f.some_id()).unwrap().is_some());
     });
     row("Store::open (start-up scan)", &mut large, &mut small, (1, 100), |f| {
-        let reopened = Store::open(f.dir.path()).expect("cannot reopen the store");
-        assert_eq!(reopened.query(&all_base).len(), f.ids.len());
+        let reopened = FileStore::open(f.dir.path()).expect("cannot reopen the store");
+        assert_eq!(reopened.query(&all_base).unwrap().len(), f.ids.len());
     });
     row("API GET /imagefactory/base_images (list)", &mut large, &mut small, (2, 200), |f| {
         runtime.block_on(f.client.get("/imagefactory/base_images"));

@@ -311,7 +311,7 @@ fn images(engine: &Engine, spec: &str) -> anyhow::Result<i32> {
         }
     }
     let found: Vec<Value> =
-        engine.query(&q).iter().map(|r| serde_json::to_value(&**r).unwrap_or(Value::Null)).collect();
+        engine.query(&q)?.iter().map(|r| serde_json::to_value(&**r).unwrap_or(Value::Null)).collect();
     let v = if found.len() == 1 { found[0].clone() } else { serde_json::json!({ "images": found }) };
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)

@@ -42,11 +42,33 @@ pub struct Reload {
     pub needs_restart: Vec<&'static str>,
 }
 
-/// `image_manager_args`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `image_manager_args`: `storage_path` for the file store; `url` and `bodies` for the
+/// PostgreSQL store.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ImageManagerArgs {
     pub storage_path: PathBuf,
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`. Never logged: it may hold a password.
+    pub url: Option<String>,
+    /// The directory of bodies and kept files that every daemon on the database mounts.
+    pub bodies: Option<PathBuf>,
+}
+
+impl Default for ImageManagerArgs {
+    fn default() -> ImageManagerArgs {
+        ImageManagerArgs { storage_path: PathBuf::from("/var/lib/imagefactory/storage"), url: None, bodies: None }
+    }
+}
+
+/// Without the URL, which may hold a password.
+impl std::fmt::Debug for ImageManagerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageManagerArgs")
+            .field("storage_path", &self.storage_path)
+            .field("url", &self.url.as_ref().map(|_| "(set)"))
+            .field("bodies", &self.bodies)
+            .finish()
+    }
 }
 
 /// The settings the host uses. Field names are the original's config keys.
@@ -111,7 +133,7 @@ impl Default for Config {
             address: "0.0.0.0".to_string(),
             plugins: vec![PathBuf::from("/etc/imagefactory/plugins.d")],
             image_manager: "file".to_string(),
-            image_manager_args: ImageManagerArgs { storage_path: PathBuf::from("/var/lib/imagefactory/storage") },
+            image_manager_args: ImageManagerArgs::default(),
             timeout: 3600,
             tmpdir: std::env::temp_dir(),
             imgdir: PathBuf::from("/var/lib/imagefactory/images"),
@@ -245,6 +267,9 @@ impl Config {
         };
         config.plugins.iter_mut().for_each(anchor);
         anchor(&mut config.image_manager_args.storage_path);
+        if let Some(bodies) = config.image_manager_args.bodies.as_mut() {
+            anchor(bodies);
+        }
         if let Some(tc) = config.target_content.as_mut() {
             anchor(tc);
         }
@@ -253,8 +278,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.image_manager != "file" {
-            return Err(format!("image_manager \"{}\" is not supported (only \"file\")", self.image_manager));
+        match self.image_manager.as_str() {
+            "file" => {}
+            "postgres" => {
+                let args = &self.image_manager_args;
+                let url = args.url.as_deref().ok_or("image_manager \"postgres\" needs image_manager_args.url")?;
+                crate::store::postgres::parse_url(url)?;
+                match &args.bodies {
+                    None => return Err("image_manager \"postgres\" needs image_manager_args.bodies (a directory every daemon mounts)".into()),
+                    Some(b) if b.to_string_lossy().contains("://") => {
+                        return Err("image_manager_args.bodies: object storage URLs are not supported yet; give a directory every daemon mounts".into())
+                    }
+                    Some(_) => {}
+                }
+            }
+            other => return Err(format!("image_manager \"{other}\" is not supported (\"file\" or \"postgres\")")),
         }
         if self.max_concurrent_local_sessions == 0 {
             return Err("max_concurrent_local_sessions must be at least 1".into());

@@ -105,7 +105,7 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::info!("running in the foreground: imagefactoryd does not fork; run it under a service manager");
     }
     let engine = crate::setup::engine(&config, &args.plugins)?;
-    let recovered = engine.recover();
+    let recovered = engine.recover()?;
     if recovered > 0 {
         tracing::warn!(count = recovered, "marked builds interrupted by the last stop as FAILED");
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Engine, EngineConfig};
 use crate::plugins::PluginRegistry;
-use crate::store::{Store, StoreError};
+use crate::store::{FileStore, ImageStore, PgStore, StoreError};
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ pub fn init_logging_as(level: &str, format: crate::config::LogFormat) -> LogLeve
 /// Opens the store, discovers plugins (config dirs plus `extra_plugin_dirs`), and makes
 /// the engine. Does not recover interrupted builds: the caller decides.
 pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, SetupError> {
-    let store = Store::open(config.storage_path())?;
+    let store = open_store(config)?;
     let mut dirs = config.plugins.clone();
     dirs.extend(extra_plugin_dirs.iter().cloned());
     let plugins = Arc::new(PluginRegistry::discover(&dirs));
@@ -108,6 +108,16 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
         cache_max_bytes: config.cache_max_bytes,
     };
     Ok(Engine::new(store, plugins, engine_config))
+}
+
+/// The store the config names: the file store, or PostgreSQL with a shared bodies directory.
+pub fn open_store(config: &Config) -> Result<Box<dyn ImageStore>, StoreError> {
+    let args = &config.image_manager_args;
+    match (config.image_manager.as_str(), &args.url, &args.bodies) {
+        ("postgres", Some(url), Some(bodies)) => Ok(Box::new(PgStore::open(url, bodies)?)),
+        // Config::validate refuses "postgres" without both.
+        _ => Ok(Box::new(FileStore::open(config.storage_path())?)),
+    }
 }
 
 /// What plugins get of the config: the install timeout, the temp dir, and every key the

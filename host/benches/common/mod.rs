@@ -17,7 +17,7 @@ use imagefactory::api::{self, ApiState};
 use imagefactory::config::{Config, ImageManagerArgs};
 use imagefactory::engine::Engine;
 use imagefactory::image::{ImageKind, ImageRecord, Status};
-use imagefactory::store::Store;
+use imagefactory::store::{FileStore, ImageStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -34,7 +34,7 @@ pub fn config(storage: &Path) -> Config {
     Config {
         no_oauth: true,
         plugins: Vec::new(),
-        image_manager_args: ImageManagerArgs { storage_path: storage.to_path_buf() },
+        image_manager_args: ImageManagerArgs { storage_path: storage.to_path_buf(), ..ImageManagerArgs::default() },
         ..Config::default()
     }
 }
@@ -58,8 +58,8 @@ pub fn complete_base_image(storage: &Path, n: usize) -> ImageRecord {
 }
 
 /// Stores `count` finished base images through the product's own write path
-/// (`Store::add`: body file, then the atomic, fsynced `.meta`), and returns their ids.
-pub fn populate(store: &Store, count: usize) -> Vec<String> {
+/// (`FileStore::add`: body file, then the atomic, fsynced `.meta`), and returns their ids.
+pub fn populate(store: &dyn ImageStore, count: usize) -> Vec<String> {
     (0..count)
         .map(|n| {
             let rec = complete_base_image(store.dir(), n);
@@ -72,7 +72,7 @@ pub fn populate(store: &Store, count: usize) -> Vec<String> {
 /// A temporary storage directory holding `count` finished base images, and their ids.
 pub fn populated_dir(count: usize) -> (tempfile::TempDir, Vec<String>) {
     let dir = tempfile::tempdir().expect("cannot make a temporary storage directory");
-    let store = Store::open(dir.path()).expect("cannot open the bench store");
+    let store = FileStore::open(dir.path()).expect("cannot open the bench store");
     let ids = populate(&store, count);
     (dir, ids)
 }

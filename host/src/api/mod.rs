@@ -90,6 +90,7 @@ impl From<EngineError> for ApiError {
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -187,25 +188,25 @@ async fn list_images(State(st): State<ApiState>, headers: HeaderMap, uri: Uri) -
     let href = represent::request_url(&st, &headers, &uri);
     let json_answer = |bytes: axum::body::Bytes| ([(header::CONTENT_TYPE, "application/json")], bytes).into_response();
     let engine = st.engine.clone();
-    let generation = blocking(move || engine.generation()).await?;
+    let generation = blocking(move || engine.generation()).await??;
     if let Some(bytes) = st.listings.get(&href, generation) {
         return Ok(json_answer(bytes));
     }
     let _building = st.listings.build_guard().await;
     // Another request may have built it while this one waited.
     let engine = st.engine.clone();
-    let generation = blocking(move || engine.generation()).await?;
+    let generation = blocking(move || engine.generation()).await??;
     if let Some(bytes) = st.listings.get(&href, generation) {
         return Ok(json_answer(bytes));
     }
     let engine = st.engine.clone();
     let prefix = href.clone();
     let bytes = blocking(move || {
-        let ids = engine.query_ids(&query);
+        let ids = engine.query_ids(&query)?;
         listing::serialize(kind, &ids, &prefix)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot serialize the listing: {e}")))
     })
-    .await?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot serialize the listing: {e}")))?;
+    .await??;
     let bytes = axum::body::Bytes::from(bytes);
     st.listings.put(href, generation, bytes.clone());
     Ok(json_answer(bytes))
@@ -222,7 +223,7 @@ async fn get_image(
     let engine = st.engine.clone();
     let (rec, relations) = blocking(move || {
         let rec = engine.get_kind(&id, kind)?;
-        let rel = represent::relations(&engine, &rec);
+        let rel = represent::relations(&engine, &rec)?;
         Ok::<_, EngineError>((rec, rel))
     })
     .await??;

@@ -43,25 +43,25 @@ pub struct Relations {
     pub children: Vec<std::sync::Arc<ImageRecord>>,
 }
 
-pub fn relations(engine: &Engine, rec: &ImageRecord) -> Relations {
-    match rec.kind {
+pub fn relations(engine: &Engine, rec: &ImageRecord) -> Result<Relations, crate::engine::EngineError> {
+    Ok(match rec.kind {
         ImageKind::BaseImage => Relations {
             parent: None,
             children: engine
-                .query(&Query { base_image_id: Some(rec.identifier.clone()), ..Query::kind(ImageKind::TargetImage) }),
+                .query(&Query { base_image_id: Some(rec.identifier.clone()), ..Query::kind(ImageKind::TargetImage) })?,
         },
         ImageKind::TargetImage => Relations {
             parent: rec.base_image_id.clone().map(|id| (ImageKind::BaseImage, id)),
             children: engine.query(&Query {
                 target_image_id: Some(rec.identifier.clone()),
                 ..Query::kind(ImageKind::ProviderImage)
-            }),
+            })?,
         },
         ImageKind::ProviderImage => Relations {
             parent: rec.target_image_id.clone().map(|id| (ImageKind::TargetImage, id)),
             children: Vec::new(),
         },
-    }
+    })
 }
 
 /// `{"<singular>": {...}}` for GET of one image.

@@ -88,17 +88,29 @@ const PERCENT_PERSIST_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     let span = tracing::info_span!("build", image = %id);
     let _enter = span.enter();
-    let Some(lock) = inner.store.try_lock(id) else {
-        tracing::error!("another process holds this image's build lock");
-        inner.finish_job(id);
-        return;
+    let lock = match inner.store.try_lock(id) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::error!("another process holds this image's build lock");
+            inner.finish_job(id);
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot take this image's build lock");
+            let _ = inner.update(id, |r| {
+                r.status = if r.status == Status::Deleting { Status::DeleteFailed } else { Status::Failed };
+                r.status_detail.error = Some(format!("Failure encountered while: Taking the build lock: {e}"));
+            });
+            inner.finish_job(id);
+            return;
+        }
     };
     let mut secrets = match &plan {
         Plan::Push { credentials, .. } | Plan::Snapshot { credentials, .. } => vec![credentials.clone()],
         Plan::Delete { provider: Some((_, _, credentials, _)), .. } => vec![credentials.clone()],
         _ => Vec::new(),
     };
-    let template = inner.store.get(id).and_then(|r| inner.template_of(&r));
+    let template = inner.store.get(id).ok().flatten().and_then(|r| inner.template_of(&r));
     secrets.extend(template.as_deref().and_then(crate::template::root_password));
     let build = Build { inner, id, job, secrets, last_percent: std::cell::Cell::new((None, 0)) };
     let is_delete = matches!(plan, Plan::Delete { .. });
@@ -122,13 +134,18 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
 }
 
 impl Build<'_> {
+    /// The record, when the store has it and can say so.
     fn record(&self) -> Option<ImageRecord> {
-        self.inner.store.get(self.id)
+        self.inner.store.get(self.id).ok().flatten()
     }
 
     /// The record, which a running build expects to exist.
     fn current(&self) -> Step<ImageRecord> {
-        self.record().ok_or_else(|| Failure::msg("the image record disappeared"))
+        match self.inner.store.get(self.id) {
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) => Err(Failure::msg("the image record disappeared")),
+            Err(e) => Err(Failure::msg(format!("cannot read the image record: {e}"))),
+        }
     }
 
     fn update(&self, f: impl FnOnce(&mut ImageRecord)) {
@@ -479,7 +496,16 @@ impl Build<'_> {
         loop {
             self.check_cancelled()?;
             let seen = { *self.inner.changed.0.lock().unwrap_or_else(|p| p.into_inner()) };
-            let parent = self.inner.store.get(parent_id).ok_or_else(failed)?;
+            let parent = match self.inner.store.get(parent_id) {
+                Ok(Some(parent)) => parent,
+                Ok(None) => return Err(failed()),
+                Err(e) => {
+                    // The store will answer again: wait for the parent as before.
+                    tracing::warn!(parent = %parent_id, error = %e, "cannot read the parent image; waiting");
+                    self.inner.wait_change(seen, Duration::from_millis(500));
+                    continue;
+                }
+            };
             match parent.status {
                 Status::Complete => return Ok(parent),
                 Status::Failed | Status::Deleting | Status::Deleted | Status::DeleteFailed => return Err(failed()),
@@ -576,7 +602,7 @@ impl Build<'_> {
             if uuid::Uuid::parse_str(id).is_err() || images.contains_key(id) {
                 continue;
             }
-            if let Some(r) = self.inner.store.get(id) {
+            if let Ok(Some(r)) = self.inner.store.get(id) {
                 let image = ImageRef {
                     kind: r.kind.singular().to_string(),
                     status: r.status.as_str().to_string(),
@@ -760,7 +786,7 @@ impl Build<'_> {
                     r.status = Status::Deleted;
                     r.status_detail = StatusDetail { activity: "Image deleted.".into(), error: None };
                 });
-                let last = self.inner.store.get(self.id);
+                let last = self.record();
                 if let Err(e) = self.inner.store.remove(self.id) {
                     tracing::error!(error = %e, "cannot remove the image's files");
                     self.update(|r| {

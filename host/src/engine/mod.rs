@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::image::{ImageKind, ImageRecord, Status, StatusDetail};
 use crate::plugins::{PluginRegistry, ResolvedPlugin};
-use crate::store::{Query, Store};
+use crate::store::{ImageStore, Query};
 use crate::template;
 
 pub use callbacks::{callback_urls, redact_url};
@@ -41,11 +41,17 @@ pub enum EngineError {
     /// Something on this host failed (500).
     #[error("{0}")]
     Internal(String),
+    /// The image store's server cannot be reached; the request may succeed later (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<crate::store::StoreError> for EngineError {
     fn from(e: crate::store::StoreError) -> EngineError {
-        EngineError::Internal(e.to_string())
+        match e {
+            crate::store::StoreError::Unavailable(_) => EngineError::Unavailable(e.to_string()),
+            _ => EngineError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -98,7 +104,7 @@ struct Job {
 }
 
 pub(crate) struct Inner {
-    store: Store,
+    store: Box<dyn ImageStore>,
     plugins: Arc<PluginRegistry>,
     config: EngineConfig,
     slots: slots::Slots,
@@ -130,7 +136,7 @@ fn not_found(id: &str) -> EngineError {
 
 impl Engine {
     /// An engine over a store and the plugins found at start.
-    pub fn new(store: Store, plugins: Arc<PluginRegistry>, config: EngineConfig) -> Engine {
+    pub fn new(store: Box<dyn ImageStore>, plugins: Arc<PluginRegistry>, config: EngineConfig) -> Engine {
         let slots = slots::Slots::new(config.max_concurrent_local_sessions);
         let events = events::EventHub::with_history(config.event_history);
         let cache = cache::Cache::new(store.dir(), config.cache_max_bytes);
@@ -150,8 +156,8 @@ impl Engine {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    pub fn store(&self) -> &dyn ImageStore {
+        &*self.inner.store
     }
 
     pub fn plugins(&self) -> &PluginRegistry {
@@ -160,14 +166,15 @@ impl Engine {
 
     /// Marks builds a previous process left unfinished as FAILED, so none stays in
     /// flight forever. Images whose build lock another live process holds are left alone.
-    pub fn recover(&self) -> usize {
+    pub fn recover(&self) -> Result<usize, EngineError> {
         let mut count = 0;
         // One query per in-flight status: only those records are parsed, not the store.
-        let in_flight = [Status::New, Status::Pending, Status::Building, Status::Deleting]
-            .into_iter()
-            .flat_map(|status| self.inner.store.query(&Query { status: Some(status), ..Query::default() }));
+        let mut in_flight = Vec::new();
+        for status in [Status::New, Status::Pending, Status::Building, Status::Deleting] {
+            in_flight.extend(self.inner.store.query(&Query { status: Some(status), ..Query::default() })?);
+        }
         for rec in in_flight {
-            let Some(_lock) = self.inner.store.try_lock(&rec.identifier) else { continue };
+            let Some(_lock) = self.inner.store.try_lock(&rec.identifier)? else { continue };
             let status = if rec.status == Status::Deleting { Status::DeleteFailed } else { Status::Failed };
             let res = self.inner.update(&rec.identifier, |r| {
                 r.status = status;
@@ -178,7 +185,7 @@ impl Engine {
                 count += 1;
             }
         }
-        count
+        Ok(count)
     }
 
     /// Starts a base image build from a template.
@@ -318,7 +325,7 @@ impl Engine {
     /// reached a provider are removed there too (which needs provider, credentials and
     /// target). Returns at once; the image shows DELETING until it is gone.
     pub fn delete(&self, id: &str, req: DeleteRequest) -> Result<(), EngineError> {
-        let rec = self.inner.store.get(id).ok_or_else(|| not_found(id))?;
+        let rec = self.inner.store.get(id)?.ok_or_else(|| not_found(id))?;
         if rec.status == Status::Deleting {
             return Ok(());
         }
@@ -339,7 +346,7 @@ impl Engine {
         } else {
             None
         };
-        let children = self.children(&rec);
+        let children = self.children(&rec)?;
         if !children.is_empty() && req.cascade {
             let pushed: Vec<&str> = children
                 .iter()
@@ -355,7 +362,7 @@ impl Engine {
         }
         self.inner.cancel_and_wait(id);
         if req.cascade {
-            for child in self.children(&rec) {
+            for child in self.children(&rec)? {
                 self.delete(&child.identifier, DeleteRequest { cascade: true, ..req.clone() })?;
             }
         }
@@ -368,7 +375,7 @@ impl Engine {
         Ok(())
     }
 
-    fn children(&self, rec: &ImageRecord) -> Vec<Arc<ImageRecord>> {
+    fn children(&self, rec: &ImageRecord) -> Result<Vec<Arc<ImageRecord>>, EngineError> {
         let q = match rec.kind {
             ImageKind::BaseImage => {
                 Query { base_image_id: Some(rec.identifier.clone()), ..Query::kind(ImageKind::TargetImage) }
@@ -376,46 +383,42 @@ impl Engine {
             ImageKind::TargetImage => {
                 Query { target_image_id: Some(rec.identifier.clone()), ..Query::kind(ImageKind::ProviderImage) }
             }
-            ImageKind::ProviderImage => return Vec::new(),
+            ImageKind::ProviderImage => return Ok(Vec::new()),
         };
-        self.inner.store.query(&q)
+        Ok(self.inner.store.query(&q)?)
     }
 
     /// The image with this id.
     pub fn get(&self, id: &str) -> Result<ImageRecord, EngineError> {
-        self.inner.store.get(id).ok_or_else(|| not_found(id))
+        self.inner.store.get(id)?.ok_or_else(|| not_found(id))
     }
 
     /// The image with this id, which must be of this kind.
     pub fn get_kind(&self, id: &str, kind: ImageKind) -> Result<ImageRecord, EngineError> {
-        match self.inner.store.get(id) {
+        match self.inner.store.get(id)? {
             Some(r) if r.kind == kind => Ok(r),
             _ => Err(EngineError::NotFound(format!("No {} found with id: {id}", kind.class()))),
         }
     }
 
-    pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
-        self.inner.store.query(query)
+    pub fn query(&self, query: &Query) -> Result<Vec<Arc<ImageRecord>>, EngineError> {
+        Ok(self.inner.store.query(query)?)
     }
 
     /// The ids of the images matching the query, oldest first (a listing).
-    pub fn query_ids(&self, query: &Query) -> Vec<String> {
-        self.inner.store.query_ids(query)
+    pub fn query_ids(&self, query: &Query) -> Result<Vec<String>, EngineError> {
+        Ok(self.inner.store.query_ids(query)?)
     }
 
     /// The store's generation: changes exactly when an image is added, changed or removed.
-    pub fn generation(&self) -> u64 {
-        self.inner.store.generation()
+    pub fn generation(&self) -> Result<u64, EngineError> {
+        Ok(self.inner.store.generation()?)
     }
 
     /// The image's build log.
     pub fn build_log(&self, id: &str) -> Result<String, EngineError> {
         self.get(id)?;
-        match std::fs::read_to_string(self.inner.store.log_path(id)) {
-            Ok(s) => Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(EngineError::Internal(format!("cannot read the build log: {e}"))),
-        }
+        Ok(self.inner.store.build_log(id)?)
     }
 
     /// Blocks until the image reaches a final state (or disappears, after a delete),
@@ -424,7 +427,16 @@ impl Engine {
         let mut last: Option<(Status, u8, String)> = None;
         loop {
             let seen = { *self.inner.changed.0.lock().unwrap_or_else(|p| p.into_inner()) };
-            let rec = self.inner.store.get(id)?;
+            // A store that cannot answer for now is waited out, like a slow build.
+            let rec = match self.inner.store.get(id) {
+                Ok(Some(rec)) => rec,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(image = %id, error = %e, "cannot read the image while waiting for it");
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            };
             let now = (rec.status, rec.percent_complete, rec.status_detail.activity.clone());
             if last.as_ref() != Some(&now) {
                 progress(&rec);
@@ -519,8 +531,11 @@ impl Inner {
     fn parents_of(&self, rec: &ImageRecord) -> Vec<String> {
         let mut parents: Vec<String> = rec.target_image_id.iter().chain(rec.base_image_id.iter()).cloned().collect();
         if rec.base_image_id.is_none() {
-            if let Some(base) =
-                rec.target_image_id.as_deref().and_then(|t| self.store.get(t)).and_then(|t| t.base_image_id)
+            if let Some(base) = rec
+                .target_image_id
+                .as_deref()
+                .and_then(|t| self.store.get(t).ok().flatten())
+                .and_then(|t| t.base_image_id)
             {
                 parents.push(base);
             }
@@ -590,7 +605,7 @@ impl Inner {
     fn update(&self, id: &str, f: impl FnOnce(&mut ImageRecord)) -> Result<ImageRecord, EngineError> {
         let (before, after) = {
             let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let mut rec = self.store.get(id).ok_or_else(|| not_found(id))?;
+            let mut rec = self.store.get(id)?.ok_or_else(|| not_found(id))?;
             let old = rec.clone();
             f(&mut rec);
             self.store.save(&rec)?;

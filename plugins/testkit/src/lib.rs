@@ -12,6 +12,7 @@
 //! - [`disk::SparseDisk`]: sparse raw disks with data at a stride, for conversions and
 //!   pushes;
 //! - [`tls::LocalCa`]: a private CA and a server certificate for HTTPS on loopback.
+//! - [`postgres::PgServer`]: a private PostgreSQL cluster on a free loopback port.
 //! - [`spdx`]: SPDX documents checked by pyspdxtools.
 //! - [`guestkit`]: the test kernel setup unpacks and busybox initramfs images for real
 //!   qemu guests.
@@ -22,6 +23,7 @@
 pub mod boot;
 pub mod disk;
 pub mod guestkit;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod spdx;

@@ -8,7 +8,7 @@
 //! Beside each image the store keeps its build log (`<uuid>.log`) and, while a build runs,
 //! a lock file (`.<uuid>.lock`) held with `flock` by the building process, so recovery at
 //! start can tell an interrupted build from one another process is still running. The lock
-//! file exists only while it is held: see [`Store::try_lock`] for how that stays race-free.
+//! file exists only while it is held: see [`FileStore::try_lock`] for how that stays race-free.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -19,47 +19,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use super::bodies::remove_file_if_there;
+use super::{is_plain_id, Bodies, BuildLock, ImageStore, Query, StoreError};
 use crate::image::{ImageKind, ImageRecord, Status};
 
-/// Errors of the image store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage path {path} is not a directory")]
-    NotADirectory { path: PathBuf },
-    #[error("cannot create storage directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot remove {path}: {source}")]
-    Remove { path: PathBuf, source: io::Error },
-    #[error("image {0} is not in the store")]
-    NotFound(String),
-}
-
-/// A query over stored images: every field given must match exactly.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub kind: Option<ImageKind>,
-    pub status: Option<Status>,
-    pub base_image_id: Option<String>,
-    pub target_image_id: Option<String>,
-    pub identifier: Option<String>,
-}
-
-impl Query {
-    pub fn kind(kind: ImageKind) -> Query {
-        Query { kind: Some(kind), ..Query::default() }
-    }
-
-    fn matches(&self, id: &str, e: &Entry) -> bool {
-        self.kind.is_none_or(|k| e.kind == k)
-            && self.status.is_none_or(|s| e.status == s)
-            && self.identifier.as_deref().is_none_or(|i| id == i)
-            && self.base_image_id.as_deref().is_none_or(|b| e.base_image_id.as_deref() == Some(b))
-            && self.target_image_id.as_deref().is_none_or(|t| e.target_image_id.as_deref() == Some(t))
-    }
+/// Whether an index entry matches every field the query gives.
+fn matches(query: &Query, id: &str, e: &Entry) -> bool {
+    query.kind.is_none_or(|k| e.kind == k)
+        && query.status.is_none_or(|s| e.status == s)
+        && query.identifier.as_deref().is_none_or(|i| id == i)
+        && query.base_image_id.as_deref().is_none_or(|b| e.base_image_id.as_deref() == Some(b))
+        && query.target_image_id.as_deref().is_none_or(|t| e.target_image_id.as_deref() == Some(t))
 }
 
 /// One image in the index: what queries filter and sort on, and the record itself as
@@ -144,23 +114,23 @@ struct Index {
 }
 
 /// The file store.
-pub struct Store {
-    dir: PathBuf,
+pub struct FileStore {
+    bodies: Bodies,
     index: RwLock<Index>,
 }
 
-/// An exclusive lock on one image, held while a process builds it. Dropping it removes
-/// the lock file (while still holding the lock), then releases the lock.
-pub struct BuildLock {
+/// The flock behind a file store's [`BuildLock`]. Dropping it removes the lock file
+/// (while still holding the lock), then releases the lock.
+struct Flock {
     file: File,
     path: PathBuf,
 }
 
-impl Drop for BuildLock {
+impl Drop for Flock {
     fn drop(&mut self) {
         // Unlink while the flock is held, and only if the path is still our file: a
         // process that opened the old file and then gets its flock sees the path gone or
-        // another file, and starts again (see `Store::try_lock`).
+        // another file, and starts again (see `FileStore::try_lock`).
         if same_file(&self.file, &self.path) {
             if let Err(e) = fs::remove_file(&self.path) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -208,7 +178,7 @@ fn lock_opened(file: &File, path: &Path) -> LockAttempt {
     }
 }
 
-/// How often [`Store::try_lock`] opens the path again after finding a stale file. Each
+/// How often [`FileStore::try_lock`] opens the path again after finding a stale file. Each
 /// retry means another holder let go in between; a few in a row is already unlikely.
 const LOCK_ATTEMPTS: usize = 16;
 
@@ -259,16 +229,11 @@ fn mtime(path: &Path) -> Option<SystemTime> {
     fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-impl Store {
+impl FileStore {
     /// Opens (creating it if missing) the storage directory and loads its index.
-    pub fn open(dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
-        let dir = dir.into();
-        if dir.exists() && !dir.is_dir() {
-            return Err(StoreError::NotADirectory { path: dir });
-        }
-        fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir { path: dir.clone(), source })?;
-        let store = Store {
-            dir,
+    pub fn open(dir: impl Into<PathBuf>) -> Result<FileStore, StoreError> {
+        let store = FileStore {
+            bodies: Bodies::open(dir)?,
             index: RwLock::new(Index {
                 records: HashMap::new(),
                 children: HashMap::new(),
@@ -281,105 +246,25 @@ impl Store {
         Ok(store)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    fn dir(&self) -> &Path {
+        self.bodies.dir()
     }
 
     pub fn meta_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.meta"))
-    }
-
-    pub fn body_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.body"))
+        self.dir().join(format!("{id}.meta"))
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.log"))
-    }
-
-    /// The directory of files kept with an image (console logs, screenshots, generated
-    /// kickstarts): `<storage>/<uuid>.files`.
-    pub fn files_dir(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.files"))
-    }
-
-    /// Moves the plain files of `from` (a plugin operation's files directory) into the
-    /// image's kept files, replacing files of the same name. Anything that is not a plain
-    /// file with a plain name is left behind. Returns the names kept.
-    pub fn keep_files(&self, id: &str, from: &Path) -> Result<Vec<String>, StoreError> {
-        let entries = match fs::read_dir(from) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(StoreError::Read { path: from.to_path_buf(), source }),
-        };
-        let dest = self.files_dir(id);
-        let mut kept = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !is_plain_file_name(&name) || !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                continue;
-            }
-            fs::create_dir_all(&dest).map_err(|source| StoreError::Write { path: dest.clone(), source })?;
-            let target = dest.join(&name);
-            if fs::rename(entry.path(), &target).is_err() {
-                // Another file system (tmpdir elsewhere): copy, then drop the original.
-                fs::copy(entry.path(), &target).map_err(|source| StoreError::Write { path: target.clone(), source })?;
-                let _ = fs::remove_file(entry.path());
-            }
-            kept.push(name);
-        }
-        kept.sort();
-        Ok(kept)
-    }
-
-    /// Writes one kept file of an image (atomically: a temporary file renamed over it).
-    pub fn write_file(&self, id: &str, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        if !is_plain_id(id) || !is_plain_file_name(name) {
-            return Err(StoreError::Write {
-                path: self.files_dir(id).join(name),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "not a plain file name"),
-            });
-        }
-        let dir = self.files_dir(id);
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Write { path: dir.clone(), source })?;
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let target = dir.join(name);
-        fs::write(&tmp, bytes).map_err(|source| StoreError::Write { path: tmp.clone(), source })?;
-        fs::rename(&tmp, &target).map_err(|source| StoreError::Write { path: target.clone(), source })
-    }
-
-    /// The names of the files kept with an image, sorted.
-    pub fn kept_files(&self, id: &str) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.files_dir(id))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| is_plain_file_name(n))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    /// The path of one kept file, when the name is plain and the file exists.
-    pub fn kept_file(&self, id: &str, name: &str) -> Option<PathBuf> {
-        if !is_plain_id(id) || !is_plain_file_name(name) {
-            return None;
-        }
-        let p = self.files_dir(id).join(name);
-        p.is_file().then_some(p)
+        self.dir().join(format!("{id}.log"))
     }
 
     fn lock_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!(".{id}.lock"))
+        self.dir().join(format!(".{id}.lock"))
     }
 
     /// Re-reads `.meta` files that changed on disk since the index last saw them.
     fn refresh(&self) {
-        let now_mtime = mtime(&self.dir);
+        let now_mtime = mtime(self.dir());
         {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
             if index.dir_mtime.is_some() && index.dir_mtime == now_mtime {
@@ -387,14 +272,17 @@ impl Store {
             }
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        let entries = match fs::read_dir(&self.dir) {
+        let entries = match fs::read_dir(self.dir()) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot scan the storage directory");
+                tracing::warn!(dir = %self.dir().display(), error = %e, "cannot scan the storage directory");
                 return;
             }
         };
         let mut seen = std::collections::HashSet::new();
+        // One buffer for every file: reading is most of loading a large store, and a
+        // fresh Vec (with the size query that sizes it) per file adds to it.
+        let mut buffer = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
@@ -408,7 +296,7 @@ impl Store {
                     continue;
                 }
             }
-            match read_meta(&entry.path()) {
+            match read_meta_with(&entry.path(), &mut buffer) {
                 Ok(rec) => {
                     index.insert(rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
                 }
@@ -424,92 +312,13 @@ impl Store {
         index.dir_mtime = now_mtime;
     }
 
-    /// Adds a new image: writes its `.meta` and an empty `.body`.
-    pub fn add(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        let body = self.body_path(&record.identifier);
-        File::create(&body).map_err(|source| StoreError::Write { path: body, source })?;
-        self.save(record)
-    }
-
-    /// Persists a record atomically (temp file, fsync, rename, fsync of the directory).
-    pub fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        let path = self.meta_path(&record.identifier);
-        let tmp = self.dir.join(format!(".{}.meta.tmp", record.identifier));
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| StoreError::Write { path: path.clone(), source: io::Error::other(e) })?;
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        // The write and its fsyncs happen outside the index lock, so readers never wait
-        // on the disk. Writers of one image are serialized by the engine.
-        write().map_err(|source| StoreError::Write { path: path.clone(), source })?;
-        let modified = mtime(&path).unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        // Our own rename changed the directory; remember its new mtime so the next query
-        // does not rescan for nothing. (A change by another process in the same instant
-        // is picked up by `get`, which falls back to disk.)
-        let known_before = index.dir_mtime.is_some();
-        index.insert(record.clone(), modified);
-        if known_before {
-            index.dir_mtime = mtime(&self.dir);
-        }
-        Ok(())
-    }
-
-    /// The record with this id, from the index or, failing that, from disk.
-    pub fn get(&self, id: &str) -> Option<ImageRecord> {
-        if !is_plain_id(id) {
-            return None;
-        }
-        let path = self.meta_path(id);
-        let on_disk = mtime(&path)?;
-        {
-            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(entry) = index.records.get(id) {
-                if entry.modified == on_disk {
-                    let parts = entry.parts();
-                    drop(index);
-                    return parse_entry(id, &parts);
-                }
-            }
-        }
-        let rec = read_meta(&path).ok()?;
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        index.insert(rec.clone(), on_disk);
-        Some(rec)
-    }
-
-    /// The index's generation after picking up changes made on disk by other processes:
-    /// it differs from an earlier value exactly when a record was added, changed or
-    /// removed since. Read it before a query to key what is derived from that query.
-    pub fn generation(&self) -> u64 {
-        self.refresh();
-        self.index.read().unwrap_or_else(|p| p.into_inner()).generation
-    }
-
-    /// Every record matching the query, oldest first. A query by parent id uses the
-    /// parent index instead of scanning every record.
-    pub fn query(&self, query: &Query) -> Vec<Arc<ImageRecord>> {
-        self.matching(query).into_iter().filter_map(|(id, parts)| parse_entry(&id, &parts).map(Arc::new)).collect()
-    }
-
-    /// The ids of the records matching the query, oldest first, without parsing a record
-    /// (what a listing needs).
-    pub fn query_ids(&self, query: &Query) -> Vec<String> {
-        self.matching(query).into_iter().map(|(id, _)| id).collect()
-    }
-
     /// The matching entries' ids and JSON, oldest first. Under the index lock it only
     /// copies pointers; callers parse after it, so writers do not wait on a large listing.
     fn matching(&self, query: &Query) -> Vec<(String, EntryParts)> {
         self.refresh();
         let mut found: Vec<(u64, String, EntryParts)> = {
             let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-            let pick = |(id, e): (&String, &Entry)| query.matches(id, e).then(|| (e.created, id.clone(), e.parts()));
+            let pick = |(id, e): (&String, &Entry)| matches(query, id, e).then(|| (e.created, id.clone(), e.parts()));
             match query.base_image_id.as_ref().or(query.target_image_id.as_ref()) {
                 Some(parent) => index
                     .children
@@ -526,36 +335,134 @@ impl Store {
         found.into_iter().map(|(_, id, parts)| (id, parts)).collect()
     }
 
-    /// Removes an image's metadata, body, log and any other files named after it. The
-    /// lock file goes with the lock: at once when nobody holds it (a stale one, say), or
-    /// when the holder (the delete running this) lets go.
-    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+    /// The flock of an image's lock file; see [`ImageStore::try_lock`].
+    ///
+    /// The lock file is created here and removed when the lock is dropped, so none is
+    /// left once a build ends. Removal is race-free: the holder unlinks the file while it
+    /// still holds the flock, and a taker that wins the flock checks (fstat against stat)
+    /// that the path still names the file it opened; if not, it opened a file that was
+    /// unlinked in between, and it opens the path again.
+    fn flock(&self, id: &str) -> Option<Flock> {
+        let path = self.lock_path(id);
+        for _ in 0..LOCK_ATTEMPTS {
+            let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot open a build lock file");
+                    return None;
+                }
+            };
+            match lock_opened(&file, &path) {
+                LockAttempt::Locked => return Some(Flock { file, path }),
+                LockAttempt::Busy => return None,
+                LockAttempt::Stale => continue,
+            }
+        }
+        tracing::warn!(file = %path.display(), "the build lock file kept changing under us; giving up");
+        None
+    }
+}
+
+impl ImageStore for FileStore {
+    fn bodies(&self) -> &Bodies {
+        &self.bodies
+    }
+
+    /// Writes an empty `.body`, then the `.meta`.
+    fn add(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        self.bodies.create_body(&record.identifier)?;
+        self.save(record)
+    }
+
+    /// Persists a record atomically (temp file, fsync, rename, fsync of the directory).
+    fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let path = self.meta_path(&record.identifier);
+        let tmp = self.dir().join(format!(".{}.meta.tmp", record.identifier));
+        let json = serde_json::to_vec_pretty(record)
+            .map_err(|e| StoreError::Write { path: path.clone(), source: io::Error::other(e) })?;
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(self.dir())?.sync_all()
+        };
+        // The write and its fsyncs happen outside the index lock, so readers never wait
+        // on the disk. Writers of one image are serialized by the engine.
+        write().map_err(|source| StoreError::Write { path: path.clone(), source })?;
+        let modified = mtime(&path).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        // Our own rename changed the directory; remember its new mtime so the next query
+        // does not rescan for nothing. (A change by another process in the same instant
+        // is picked up by `get`, which falls back to disk.)
+        let known_before = index.dir_mtime.is_some();
+        index.insert(record.clone(), modified);
+        if known_before {
+            index.dir_mtime = mtime(self.dir());
+        }
+        Ok(())
+    }
+
+    /// The record from the index or, when the `.meta` changed since, from disk.
+    fn get(&self, id: &str) -> Result<Option<ImageRecord>, StoreError> {
+        if !is_plain_id(id) {
+            return Ok(None);
+        }
+        let path = self.meta_path(id);
+        let Some(on_disk) = mtime(&path) else { return Ok(None) };
+        {
+            let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(entry) = index.records.get(id) {
+                if entry.modified == on_disk {
+                    let parts = entry.parts();
+                    drop(index);
+                    return Ok(parse_entry(id, &parts));
+                }
+            }
+        }
+        // Torn or vanished since the mtime was read: as good as absent.
+        let Ok(rec) = read_meta(&path) else { return Ok(None) };
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        index.insert(rec.clone(), on_disk);
+        Ok(Some(rec))
+    }
+
+    /// The index's generation after picking up changes made on disk by other processes.
+    fn generation(&self) -> Result<u64, StoreError> {
+        self.refresh();
+        Ok(self.index.read().unwrap_or_else(|p| p.into_inner()).generation)
+    }
+
+    /// A query by parent id uses the parent index instead of scanning every record.
+    fn query(&self, query: &Query) -> Result<Vec<Arc<ImageRecord>>, StoreError> {
+        Ok(self.matching(query).into_iter().filter_map(|(id, parts)| parse_entry(&id, &parts).map(Arc::new)).collect())
+    }
+
+    /// Without parsing a record.
+    fn query_ids(&self, query: &Query) -> Result<Vec<String>, StoreError> {
+        Ok(self.matching(query).into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Removes an image's metadata, body, log and kept files. The lock file goes with the
+    /// lock: at once when nobody holds it (a stale one, say), or when the holder (the
+    /// delete running this) lets go.
+    fn remove(&self, id: &str) -> Result<(), StoreError> {
         if !is_plain_id(id) {
             return Err(StoreError::NotFound(id.to_string()));
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = fs::remove_dir_all(self.files_dir(id)) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(StoreError::Remove { path: self.files_dir(id), source: e });
-            }
-        }
         // Never unlink a lock file under its holder (another process could then lock a new
         // file while the holder still runs): taking and dropping the lock removes it.
-        drop(self.try_lock(id));
+        drop(self.flock(id));
+        self.bodies.remove(id)?;
         // The .meta goes last: once it is gone, everything else of the image is too.
-        for path in [self.body_path(id), self.log_path(id), self.meta_path(id)] {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StoreError::Remove { path, source }),
-            }
-        }
+        remove_file_if_there(&self.log_path(id))?;
+        remove_file_if_there(&self.meta_path(id))?;
         index.remove(id);
         Ok(())
     }
 
-    /// Appends a line to the image's build log.
-    pub fn append_log(&self, id: &str, line: &str) {
+    fn append_log(&self, id: &str, line: &str) {
         let path = self.log_path(id);
         let res = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
             let mut text = line.replace('\n', " ");
@@ -567,79 +474,44 @@ impl Store {
         }
     }
 
-    /// Takes the build lock of an image without waiting; `None` when another holder
-    /// (this process or another) has it.
-    ///
-    /// The lock file is created here and removed when the lock is dropped, so none is
-    /// left once a build ends. Removal is race-free: the holder unlinks the file while it
-    /// still holds the flock, and a taker that wins the flock checks (fstat against stat)
-    /// that the path still names the file it opened; if not, it opened a file that was
-    /// unlinked in between, and it opens the path again.
-    pub fn try_lock(&self, id: &str) -> Option<BuildLock> {
-        let path = self.lock_path(id);
-        for _ in 0..LOCK_ATTEMPTS {
-            let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot open a build lock file");
-                    return None;
-                }
-            };
-            match lock_opened(&file, &path) {
-                LockAttempt::Locked => return Some(BuildLock { file, path }),
-                LockAttempt::Busy => return None,
-                LockAttempt::Stale => continue,
-            }
+    fn build_log(&self, id: &str) -> Result<String, StoreError> {
+        if !is_plain_id(id) {
+            return Ok(String::new());
         }
-        tracing::warn!(file = %path.display(), "the build lock file kept changing under us; giving up");
-        None
+        let path = self.log_path(id);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+
+    /// A flock of `.<uuid>.lock`, which exists only while it is held (see
+    /// [`FileStore::flock`]).
+    fn try_lock(&self, id: &str) -> Result<Option<BuildLock>, StoreError> {
+        Ok(self.flock(id).map(BuildLock::new))
     }
 }
 
 fn read_meta(path: &Path) -> Result<ImageRecord, StoreError> {
-    let bytes = fs::read(path).map_err(|source| StoreError::Read { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes)
+    read_meta_with(path, &mut Vec::new())
+}
+
+/// [`read_meta`] reading into `buffer` (cleared first).
+fn read_meta_with(path: &Path, buffer: &mut Vec<u8>) -> Result<ImageRecord, StoreError> {
+    use std::io::Read;
+    buffer.clear();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(buffer))
+        .map_err(|source| StoreError::Read { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(buffer)
         .map_err(|e| StoreError::Read { path: path.to_path_buf(), source: io::Error::other(e) })
-}
-
-/// Image ids are UUIDs; anything with a path separator or a dot never names a file here.
-fn is_plain_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
-/// A kept file's name: letters, digits, `.`, `-`, `_`, not starting with a dot.
-fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kept_files_move_in_are_listed_and_go_with_the_image() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s")).unwrap();
-        let id = "0b5c1a38-5d2e-4c0e-9a43-7c1f2b9e8d11";
-        store.save(&record(ImageKind::BaseImage, id)).unwrap();
-        let from = dir.path().join("files");
-        fs::create_dir(&from).unwrap();
-        fs::write(from.join("console.log"), "boot\n").unwrap();
-        fs::write(from.join(".hidden"), "x").unwrap();
-        fs::write(from.join("bad name"), "x").unwrap();
-        fs::create_dir(from.join("sub")).unwrap();
-        assert_eq!(store.keep_files(id, &from).unwrap(), vec!["console.log".to_string()]);
-        assert!(!from.join("console.log").exists());
-        assert_eq!(store.kept_files(id), vec!["console.log".to_string()]);
-        assert!(store.kept_file(id, "console.log").is_some());
-        assert!(store.kept_file(id, "../x").is_none());
-        assert!(store.kept_file(id, ".hidden").is_none());
-        store.remove(id).unwrap();
-        assert!(!store.files_dir(id).exists());
-    }
+    use crate::image::Status;
 
     fn record(kind: ImageKind, id: &str) -> ImageRecord {
         ImageRecord::new(kind, id.to_string(), format!("/x/{id}.body"))
@@ -648,26 +520,26 @@ mod tests {
     #[test]
     fn the_generation_moves_with_every_change_and_only_then() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let g0 = store.generation();
-        assert_eq!(store.generation(), g0, "nothing changed");
+        let store = FileStore::open(dir.path()).unwrap();
+        let g0 = store.generation().unwrap();
+        assert_eq!(store.generation().unwrap(), g0, "nothing changed");
         let rec = record(ImageKind::BaseImage, "6a0e1c3e-0000-4000-8000-000000000001");
         store.add(&rec).unwrap();
-        let g1 = store.generation();
+        let g1 = store.generation().unwrap();
         assert_ne!(g1, g0, "an add changes it");
-        store.query(&Query::default());
-        assert_eq!(store.generation(), g1, "a query does not");
+        store.query(&Query::default()).unwrap();
+        assert_eq!(store.generation().unwrap(), g1, "a query does not");
         store.save(&rec).unwrap();
-        let g2 = store.generation();
+        let g2 = store.generation().unwrap();
         assert_ne!(g2, g1, "a save changes it");
         store.remove(&rec.identifier).unwrap();
-        assert_ne!(store.generation(), g2, "a remove changes it");
+        assert_ne!(store.generation().unwrap(), g2, "a remove changes it");
     }
 
     #[test]
     fn save_get_query_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         let mut b = record(ImageKind::BaseImage, "b1");
         store.add(&b).unwrap();
         let mut t = record(ImageKind::TargetImage, "t1");
@@ -676,39 +548,39 @@ mod tests {
         assert!(dir.path().join("b1.body").exists());
         b.status = Status::Complete;
         store.save(&b).unwrap();
-        assert_eq!(store.get("b1").unwrap().status, Status::Complete);
+        assert_eq!(store.get("b1").unwrap().unwrap().status, Status::Complete);
         let q = Query { base_image_id: Some("b1".into()), ..Query::default() };
-        assert_eq!(store.query(&q).iter().map(|r| r.identifier.as_str()).collect::<Vec<_>>(), vec!["t1"]);
-        assert_eq!(store.query(&Query::kind(ImageKind::BaseImage)).len(), 1);
+        assert_eq!(store.query(&q).unwrap().iter().map(|r| r.identifier.as_str()).collect::<Vec<_>>(), vec!["t1"]);
+        assert_eq!(store.query(&Query::kind(ImageKind::BaseImage)).unwrap().len(), 1);
         store.remove("t1").unwrap();
-        assert!(store.query(&q).is_empty(), "the parent index forgets removed children");
+        assert!(store.query(&q).unwrap().is_empty(), "the parent index forgets removed children");
         store.remove("b1").unwrap();
-        assert!(store.get("b1").is_none());
+        assert!(store.get("b1").unwrap().is_none());
         assert!(!dir.path().join("b1.body").exists());
-        assert!(store.get("../etc/passwd").is_none());
+        assert!(store.get("../etc/passwd").unwrap().is_none());
     }
 
     #[test]
     fn a_second_store_sees_changes_made_by_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Store::open(dir.path()).unwrap();
-        let b = Store::open(dir.path()).unwrap();
+        let a = FileStore::open(dir.path()).unwrap();
+        let b = FileStore::open(dir.path()).unwrap();
         a.add(&record(ImageKind::BaseImage, "x1")).unwrap();
-        assert_eq!(b.get("x1").unwrap().identifier, "x1");
+        assert_eq!(b.get("x1").unwrap().unwrap().identifier, "x1");
         // Directory mtime granularity can hide two changes in one tick; wait a little.
         std::thread::sleep(std::time::Duration::from_millis(20));
         a.add(&record(ImageKind::BaseImage, "x2")).unwrap();
-        assert_eq!(b.query(&Query::kind(ImageKind::BaseImage)).len(), 2);
+        assert_eq!(b.query(&Query::kind(ImageKind::BaseImage)).unwrap().len(), 2);
     }
 
     #[test]
     fn no_temp_files_are_left_and_torn_meta_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         store.add(&record(ImageKind::BaseImage, "ok1")).unwrap();
         fs::write(dir.path().join("torn.meta"), b"{\"type\": \"BaseIm").unwrap();
-        let again = Store::open(dir.path()).unwrap();
-        let ids: Vec<_> = again.query(&Query::default()).into_iter().map(|r| r.identifier.clone()).collect();
+        let again = FileStore::open(dir.path()).unwrap();
+        let ids: Vec<_> = again.query(&Query::default()).unwrap().into_iter().map(|r| r.identifier.clone()).collect();
         assert_eq!(ids, vec!["ok1"]);
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -721,22 +593,22 @@ mod tests {
     #[test]
     fn build_lock_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let held = store.try_lock("img").unwrap();
-        assert!(store.try_lock("img").is_none());
+        let store = FileStore::open(dir.path()).unwrap();
+        let held = store.try_lock("img").unwrap().unwrap();
+        assert!(store.try_lock("img").unwrap().is_none());
         drop(held);
-        assert!(store.try_lock("img").is_some());
+        assert!(store.try_lock("img").unwrap().is_some());
     }
 
     #[test]
     fn the_lock_file_exists_only_while_the_lock_is_held() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         let lock_file = dir.path().join(".img.lock");
-        let held = store.try_lock("img").unwrap();
+        let held = store.try_lock("img").unwrap().unwrap();
         assert!(lock_file.exists());
         // A refused attempt leaves the holder's file alone.
-        assert!(store.try_lock("img").is_none());
+        assert!(store.try_lock("img").unwrap().is_none());
         assert!(lock_file.exists());
         drop(held);
         assert!(!lock_file.exists(), "the lock file outlived its lock");
@@ -745,9 +617,9 @@ mod tests {
     #[test]
     fn a_lock_won_on_an_unlinked_file_is_retried_on_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         let path = store.lock_path("img");
-        let held = store.try_lock("img").unwrap();
+        let held = store.try_lock("img").unwrap().unwrap();
         // Another taker opened the file while it was held...
         let late = OpenOptions::new().write(true).open(&path).unwrap();
         // ...the holder lets go (unlinking it)...
@@ -755,8 +627,8 @@ mod tests {
         // ...and the late taker's flock now succeeds, on a file nobody can find.
         assert!(matches!(lock_opened(&late, &path), LockAttempt::Stale));
         // A taker opening the path afresh gets a real lock, exclusive against the next.
-        let fresh = store.try_lock("img").unwrap();
-        assert!(store.try_lock("img").is_none());
+        let fresh = store.try_lock("img").unwrap().unwrap();
+        assert!(store.try_lock("img").unwrap().is_none());
         // The late taker's file is not the path's file: it must not count as a lock.
         assert!(!same_file(&late, &path));
         drop(late);
@@ -768,7 +640,7 @@ mod tests {
     #[test]
     fn remove_takes_the_lock_file_only_from_no_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
         let id = "0b5c1a38-5d2e-4c0e-9a43-7c1f2b9e8d12";
         let lock_file = store.lock_path(id);
         // A stale lock file (left by an older version or a crash) goes with the image.
@@ -778,7 +650,7 @@ mod tests {
         assert!(!lock_file.exists(), "a stale lock file survived remove");
         // A held one stays until its holder lets go, then nothing of the image is left.
         store.add(&record(ImageKind::BaseImage, id)).unwrap();
-        let held = store.try_lock(id).unwrap();
+        let held = store.try_lock(id).unwrap().unwrap();
         store.remove(id).unwrap();
         assert!(lock_file.exists(), "remove unlinked a lock under its holder");
         drop(held);
