@@ -368,12 +368,6 @@ impl ImageStore for FileStore {
         &self.bodies
     }
 
-    /// Writes an empty `.body`, then the `.meta`.
-    fn add(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        self.bodies.create_body(&record.identifier)?;
-        self.save(record)
-    }
-
     /// Persists a record atomically (temp file, fsync, rename, fsync of the directory).
     fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
         let path = self.meta_path(&record.identifier);

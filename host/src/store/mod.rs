@@ -85,8 +85,12 @@ pub trait ImageStore: Send + Sync {
     /// The directory of bodies and kept files.
     fn bodies(&self) -> &Bodies;
 
-    /// Adds a new image: its record and an empty body.
-    fn add(&self, record: &ImageRecord) -> Result<(), StoreError>;
+    /// Adds a new image: an empty body, then its record (so a record never names a body
+    /// that is not there).
+    fn add(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        self.bodies().create_body(&record.identifier)?;
+        self.save(record)
+    }
 
     /// Replaces an image's record (atomically: readers see the old or the new one).
     fn save(&self, record: &ImageRecord) -> Result<(), StoreError>;

@@ -241,11 +241,6 @@ impl ImageStore for PgStore {
         &self.bodies
     }
 
-    fn add(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        self.bodies.create_body(&record.identifier)?;
-        self.save(record)
-    }
-
     fn save(&self, record: &ImageRecord) -> Result<(), StoreError> {
         let json =
             serde_json::to_string(record).map_err(|e| StoreError::Unusable(format!("cannot encode a record: {e}")))?;
