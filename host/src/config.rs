@@ -350,7 +350,6 @@ impl Config {
             address,
             plugins,
             image_manager,
-            image_manager_args,
             timeout,
             tmpdir,
             imgdir,
@@ -363,6 +362,10 @@ impl Config {
             log_format,
             cache_max_bytes
         );
+        // Compared as values: its Debug form hides the URL, so a changed URL would not show.
+        if self.image_manager_args != new.image_manager_args {
+            needs_restart.push("image_manager_args");
+        }
         if self.extra != new.extra {
             needs_restart.push("plugin settings");
         }
@@ -402,6 +405,14 @@ mod tests {
         assert_eq!(r.config.log_format, LogFormat::Text);
         let same = r.config.reload(r.config.clone());
         assert!(same.applied.is_empty() && same.needs_restart.is_empty());
+        let pg = |url: &str| {
+            let text = format!(
+                r#"{{"image_manager": "postgres", "image_manager_args": {{"url": "{url}", "bodies": "/srv/b"}}}}"#
+            );
+            Config::from_json(&text, path).unwrap()
+        };
+        let moved = pg("postgres://u:one@db/x").reload(pg("postgres://u:two@db/x"));
+        assert_eq!(moved.needs_restart, ["image_manager_args"], "a changed database URL needs a restart");
         let bad = Config::from_json(r#"{"log_format": "xml"}"#, path).unwrap_err().to_string();
         assert!(bad.contains("log_format") || bad.contains("xml"), "{bad}");
     }
