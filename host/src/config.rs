@@ -117,6 +117,17 @@ pub struct Config {
     /// Bytes of image bodies the build cache keeps (least recently used dropped past
     /// it); 0 turns the cache off.
     pub cache_max_bytes: u64,
+    /// With the postgres store: serve the API only and leave every job to workers
+    /// (without it, a daemon also works jobs of the farm's queue).
+    #[serde(deserialize_with = "lenient_bool")]
+    pub api_only: bool,
+    /// This process's name in the job queue (default: host name and process id).
+    pub worker_name: Option<String>,
+    /// Seconds a worker's hold on a job lasts unless renewed (it renews every second or
+    /// so); a job whose worker stops renewing is requeued after this long.
+    pub job_lease_seconds: u64,
+    /// How many times a job is tried before its image fails as "worker lost".
+    pub job_max_attempts: u32,
     /// Plugin-specific keys passed through to plugins untouched.
     #[serde(skip)]
     pub extra: BTreeMap<String, Value>,
@@ -149,6 +160,10 @@ impl Default for Config {
             event_history: crate::engine::events::HISTORY,
             log_format: LogFormat::Text,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            api_only: false,
+            worker_name: None,
+            job_lease_seconds: 30,
+            job_max_attempts: 3,
             extra: BTreeMap::new(),
         }
     }
@@ -205,6 +220,10 @@ const KNOWN_KEYS: &[&str] = &[
     "event_history",
     "log_format",
     "cache_max_bytes",
+    "api_only",
+    "worker_name",
+    "job_lease_seconds",
+    "job_max_attempts",
 ];
 
 /// The build cache's default bound: 64 GiB of bodies.
@@ -309,6 +328,15 @@ impl Config {
         if self.request_timeout == 0 {
             return Err("request_timeout must be at least 1 second".into());
         }
+        if !(1..=3600).contains(&self.job_lease_seconds) {
+            return Err("job_lease_seconds must be between 1 and 3600".into());
+        }
+        if self.job_max_attempts == 0 {
+            return Err("job_max_attempts must be at least 1".into());
+        }
+        if self.worker_name.as_deref().is_some_and(|n| n.trim().is_empty() || n.len() > 200) {
+            return Err("worker_name must be a non-empty name of at most 200 characters".into());
+        }
         if !(16..=1_000_000).contains(&self.event_history) {
             return Err("event_history must be between 16 and 1000000 events".into());
         }
@@ -360,7 +388,11 @@ impl Config {
             request_timeout,
             event_history,
             log_format,
-            cache_max_bytes
+            cache_max_bytes,
+            api_only,
+            worker_name,
+            job_lease_seconds,
+            job_max_attempts
         );
         // Compared as values: its Debug form hides the URL, so a changed URL would not show.
         if self.image_manager_args != new.image_manager_args {

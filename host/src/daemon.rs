@@ -43,6 +43,10 @@ pub struct DaemonArgs {
     /// `text` or `json` (one JSON object a line); overrides the config's `log_format`.
     #[arg(long = "log-format", alias = "log_format", value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Run as a worker of a farm: no HTTP API; take jobs from the PostgreSQL job queue
+    /// that this process's plugins can run.
+    #[arg(long)]
+    worker: bool,
 }
 
 impl DaemonArgs {
@@ -101,6 +105,9 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut config = crate::setup::load_config(args.config.as_deref())?;
     args.apply_to(&mut config);
     let log_level = crate::setup::init_logging_as(args.log_level(&config), config.log_format);
+    if args.worker {
+        return run_worker(&config, &args);
+    }
     if !args.foreground {
         tracing::info!("running in the foreground: imagefactoryd does not fork; run it under a service manager");
     }
@@ -108,6 +115,14 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let recovered = engine.recover()?;
     if recovered > 0 {
         tracing::warn!(count = recovered, "marked builds interrupted by the last stop as FAILED");
+    }
+    if engine.has_job_queue() {
+        engine.start_queue_upkeep()?;
+        if !config.api_only {
+            let name = worker_name(&config);
+            let plugins = engine.work_jobs(&name)?;
+            tracing::info!(worker = %name, plugins = ?plugins, "working jobs of the queue beside the API");
+        }
     }
     let tls_config = if config.no_ssl {
         None
@@ -180,6 +195,39 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: ApiSt
             path.display()
         );
     }
+}
+
+/// This process's name in the job queue: the config's `worker_name`, else host-pid.
+fn worker_name(config: &Config) -> String {
+    config.worker_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        format!("{}-{}", if host.is_empty() { "localhost" } else { host }, std::process::id())
+    })
+}
+
+/// `imagefactoryd --worker`: takes jobs of the farm's queue until SIGTERM or SIGINT,
+/// then gives its running jobs back to the queue. No HTTP API.
+fn run_worker(config: &Config, args: &DaemonArgs) -> anyhow::Result<()> {
+    if config.image_manager != "postgres" {
+        anyhow::bail!("--worker needs \"image_manager\": \"postgres\" (the job queue is in the database)");
+    }
+    let engine = crate::setup::engine(config, &args.plugins)?;
+    let name = worker_name(config);
+    engine.start_queue_upkeep()?;
+    let plugins = engine.work_jobs(&name)?;
+    if plugins.is_empty() {
+        tracing::warn!("no usable plugin was found: this worker will never take a job");
+    }
+    tracing::info!(worker = %name, plugins = ?plugins, "taking jobs");
+    // Tests and scripts read this line to know the worker is ready.
+    println!("imagefactoryd worker {name} taking jobs for plugins: {}", plugins.join(", "));
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(shutdown_signal());
+    engine.stop_working();
+    tracing::info!(worker = %name, "stopped; running jobs were given back to the queue");
+    Ok(())
 }
 
 async fn shutdown_signal() {

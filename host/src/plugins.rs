@@ -214,6 +214,17 @@ impl PluginRegistry {
         self.entries.iter().find(|e| e.id == id)
     }
 
+    /// The usable plugin with this name (a worker resolving a queued job's plugins).
+    pub fn loaded(&self, name: &str) -> Option<ResolvedPlugin> {
+        let i = self.entries.iter().position(|e| e.id == name && e.error.is_none() && e.manifest.is_some())?;
+        Some(self.resolved(i))
+    }
+
+    /// The names of every usable plugin.
+    pub fn loaded_names(&self) -> Vec<String> {
+        self.entries.iter().filter(|e| e.error.is_none() && e.manifest.is_some()).map(|e| e.id.clone()).collect()
+    }
+
     fn resolved(&self, index: usize) -> ResolvedPlugin {
         let e = &self.entries[index];
         ResolvedPlugin { name: e.id.clone(), path: e.path.clone() }

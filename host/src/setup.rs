@@ -106,6 +106,8 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
         settings: plugin_settings(config),
         event_history: config.event_history,
         cache_max_bytes: config.cache_max_bytes,
+        job_lease: std::time::Duration::from_secs(config.job_lease_seconds),
+        job_max_attempts: config.job_max_attempts,
     };
     Ok(Engine::new(store, plugins, engine_config))
 }

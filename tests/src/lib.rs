@@ -128,6 +128,21 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Polls `f` every 100 ms until it returns `Ok`, or panics after `timeout` naming `what`
+/// and showing the last `Err` (what was seen), so a failure says how far it got.
+pub fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) => {
+                assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last seen:\n{seen}")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Fails loudly when a tool the test needs is not installed.
 pub fn require_tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -185,6 +200,19 @@ pub enum PluginSource {
     File(PathBuf),
 }
 
+/// A fresh temporary directory with `storage/`, `plugins/` (holding copies of the built
+/// `plugins`, e.g. `libmock_os.so`) and `tmp/`.
+pub fn work_dir(prefix: &str, plugins: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir");
+    for sub in ["storage", "plugins", "tmp"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("create dirs");
+    }
+    for so in plugins {
+        std::fs::copy(plugin_so(so), dir.path().join("plugins").join(so)).expect("copy a mock plugin");
+    }
+    dir
+}
+
 /// How to start a daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -231,16 +259,9 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon on a fresh directory.
     pub fn start(opts: DaemonOptions) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("imagefactory-bb-").tempdir().expect("temp dir");
+        let mocks: &[&str] = if opts.mock_plugins { &["libmock_os.so", "libmock_cloud.so"] } else { &[] };
+        let dir = work_dir("imagefactory-bb-", mocks);
         let plugins = dir.path().join("plugins");
-        for sub in ["storage", "plugins", "tmp"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("create dirs");
-        }
-        if opts.mock_plugins {
-            for so in ["libmock_os.so", "libmock_cloud.so"] {
-                std::fs::copy(plugin_so(so), plugins.join(so)).expect("copy a mock plugin");
-            }
-        }
         for (name, src) in &opts.extra_plugin_files {
             match src {
                 PluginSource::Bytes(b) => std::fs::write(plugins.join(name), b).expect("write a plugin file"),
@@ -290,40 +311,14 @@ impl Daemon {
         if !self.opts.oauth {
             cmd.arg("--no_oauth");
         }
-        let mut child = cmd.spawn().expect("start imagefactoryd");
-        let stdout = child.stdout.take().expect("stdout pipe");
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            // Keep draining stdout for the daemon's whole life.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
         let scheme = if self.opts.tls { "https" } else { "http" };
         let prefix = format!("imagefactoryd listening on {scheme}://127.0.0.1:");
-        let deadline = Instant::now() + START_TIMEOUT;
-        let port = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(&prefix) {
-                        let port = rest.strip_suffix("/imagefactory").and_then(|p| p.parse::<u16>().ok());
-                        break port.unwrap_or_else(|| panic!("unexpected listening line: {line}"));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = child.wait();
-                    panic!("imagefactoryd exited before listening ({status:?}); its log:\n{}", self.log());
-                }
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("imagefactoryd did not print its listening line within {START_TIMEOUT:?}; log:\n{}", self.log());
-            }
-        };
+        let log_path = self.log_path();
+        let (child, port) = spawn_until_line(&mut cmd, "its listening line", START_TIMEOUT, &log_path, |line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let port = rest.strip_suffix("/imagefactory").and_then(|p| p.parse::<u16>().ok());
+            Some(port.unwrap_or_else(|| panic!("unexpected listening line: {line}")))
+        });
         self.port = port;
         self.child = Some(child);
     }
@@ -519,9 +514,200 @@ impl Drop for Daemon {
     }
 }
 
+/// Spawns `cmd` (its stdout must be piped) and waits up to `timeout` for a stdout line
+/// that `ready` accepts; returns the child and what `ready` made of the line. stdout
+/// keeps being drained for the process's whole life. Panics with the log at `log_path`
+/// when the process exits first or says nothing in time (then it is killed and reaped).
+pub fn spawn_until_line<T>(
+    cmd: &mut Command,
+    what: &str,
+    timeout: Duration,
+    log_path: &Path,
+    mut ready: impl FnMut(&str) -> Option<T>,
+) -> (Child, T) {
+    let log = || std::fs::read_to_string(log_path).unwrap_or_default();
+    let mut child = cmd.spawn().expect("start imagefactoryd");
+    let stdout = child.stdout.take().expect("stdout pipe");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        // Keep draining stdout for the process's whole life.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => {
+                if let Some(v) = ready(&line) {
+                    return (child, v);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait();
+                panic!("imagefactoryd exited before printing {what} ({status:?}); its log:\n{}", log());
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("imagefactoryd did not print {what} within {timeout:?}; log:\n{}", log());
+        }
+    }
+}
+
 /// `base_images` -> `base_image`.
 pub fn singular(collection: &str) -> &str {
     collection.strip_suffix('s').unwrap_or(collection)
+}
+
+// ------------------------------------------------------------------------------------
+// Queue workers
+
+/// How long a worker may take to print its ready line.
+pub const WORKER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to start a queue worker (`imagefactoryd --worker`).
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `worker_name`.
+    pub name: String,
+    /// The PostgreSQL store's URL (`image_manager_args.url`).
+    pub pg_url: String,
+    /// The shared bodies directory (`image_manager_args.bodies`).
+    pub bodies: PathBuf,
+    /// Copy libmock_os.so into the plugin directory.
+    pub mock_os: bool,
+    /// Copy libmock_cloud.so into the plugin directory.
+    pub mock_cloud: bool,
+    /// `max_concurrent_local_sessions` (per worker).
+    pub max_concurrent: usize,
+    /// More config keys (e.g. `job_lease_seconds`), written into `imagefactory.conf`.
+    pub extra_config: serde_json::Map<String, Value>,
+    /// Environment variables of the worker (and so of its build processes).
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerOptions {
+    /// A worker named `name` on that store, with both mock plugins and 2 slots.
+    pub fn new(name: &str, pg_url: &str, bodies: &Path) -> WorkerOptions {
+        WorkerOptions {
+            name: name.to_string(),
+            pg_url: pg_url.to_string(),
+            bodies: bodies.to_path_buf(),
+            mock_os: true,
+            mock_cloud: true,
+            max_concurrent: 2,
+            extra_config: serde_json::Map::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running `imagefactoryd --worker` (no HTTP) over a temporary directory of its own
+/// (`storage/`, `plugins/`, `tmp/`, `imagefactory.conf`, and `worker.log` with its
+/// stderr), as on a machine of its own. Killed and reaped on drop.
+pub struct Worker {
+    pub dir: tempfile::TempDir,
+    name: String,
+    plugins: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Worker {
+    /// Starts a worker and waits for its ready line
+    /// (`imagefactoryd worker <name> taking jobs for plugins: <names>`).
+    pub fn start(opts: WorkerOptions) -> Worker {
+        let mut mocks = Vec::new();
+        if opts.mock_os {
+            mocks.push("libmock_os.so");
+        }
+        if opts.mock_cloud {
+            mocks.push("libmock_cloud.so");
+        }
+        let dir = work_dir("imagefactory-worker-", &mocks);
+        let mut config = serde_json::json!({
+            "plugins": dir.path().join("plugins"),
+            "image_manager": "postgres",
+            "image_manager_args": {"url": opts.pg_url, "bodies": opts.bodies},
+            "max_concurrent_local_sessions": opts.max_concurrent,
+            "tmpdir": dir.path().join("tmp"),
+            "worker_name": opts.name,
+        });
+        if let Value::Object(map) = &mut config {
+            map.extend(opts.extra_config.clone());
+        }
+        let conf = dir.path().join("imagefactory.conf");
+        std::fs::write(&conf, serde_json::to_vec_pretty(&config).unwrap()).expect("write the config");
+        let log_path = dir.path().join("worker.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open the worker log");
+        let mut cmd = Command::new(imagefactoryd_bin());
+        cmd.arg("--worker")
+            .arg("--config")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        let prefix = format!("imagefactoryd worker {} taking jobs for plugins: ", opts.name);
+        let (child, plugins) =
+            spawn_until_line(&mut cmd, "its worker ready line", WORKER_START_TIMEOUT, &log_path, |line| {
+                let names = line.strip_prefix(&prefix)?;
+                Some(names.split(", ").map(str::to_string).collect::<Vec<_>>())
+            });
+        Worker { dir, name: opts.name, plugins, child: Some(child) }
+    }
+
+    /// The worker's name (`worker_name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin names of its ready line.
+    pub fn plugins(&self) -> &[String] {
+        &self.plugins
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the worker is running").id()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("worker.log")
+    }
+
+    /// Everything the worker wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the worker with SIGKILL (no chance to give its jobs back) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The worker names of the `taken by worker <name>` lines of a build log, in order.
+pub fn taken_by(build_log: &str) -> Vec<String> {
+    build_log
+        .lines()
+        .filter_map(|l| l.split_once("taken by worker ").and_then(|(_, rest)| rest.split_whitespace().next()))
+        .map(str::to_string)
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------
@@ -704,13 +890,7 @@ impl Default for CliEnv {
 
 impl CliEnv {
     pub fn new() -> CliEnv {
-        let dir = tempfile::Builder::new().prefix("imagefactory-cli-").tempdir().expect("temp dir");
-        for sub in ["storage", "plugins", "tmp"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("create dirs");
-        }
-        for so in ["libmock_os.so", "libmock_cloud.so"] {
-            std::fs::copy(plugin_so(so), dir.path().join("plugins").join(so)).expect("copy a mock plugin");
-        }
+        let dir = work_dir("imagefactory-cli-", &["libmock_os.so", "libmock_cloud.so"]);
         let config = serde_json::json!({
             "plugins": dir.path().join("plugins"),
             "image_manager_args": {"storage_path": dir.path().join("storage")},

@@ -85,6 +85,9 @@ struct Build<'a> {
 /// loaded host).
 const PERCENT_PERSIST_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long the end of a build waits for an unavailable store.
+const DURABLE_WRITE_BOUND: Duration = Duration::from_secs(600);
+
 pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     let span = tracing::info_span!("build", image = %id);
     let _enter = span.enter();
@@ -124,6 +127,8 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     };
     if is_delete {
         build.end_delete(outcome);
+    } else if job.lost.load(Ordering::SeqCst) {
+        tracing::warn!("stopped a build whose job went to another worker");
     } else {
         build.end(outcome);
     }
@@ -151,6 +156,30 @@ impl Build<'_> {
     fn update(&self, f: impl FnOnce(&mut ImageRecord)) {
         if let Err(e) = self.inner.update(self.id, f) {
             tracing::error!(error = %e, "cannot persist the image's state");
+        }
+    }
+
+    /// Writes the end of a build, waiting out an unavailable store (a database restart)
+    /// for up to [`DURABLE_WRITE_BOUND`]: an outage must not leave a finished build
+    /// showing BUILDING forever.
+    fn update_durably(&self, f: impl Fn(&mut ImageRecord)) {
+        let deadline = std::time::Instant::now() + DURABLE_WRITE_BOUND;
+        let mut warned = false;
+        loop {
+            match self.inner.update(self.id, &f) {
+                Ok(_) => return,
+                Err(super::EngineError::Unavailable(e)) if std::time::Instant::now() < deadline => {
+                    if !warned {
+                        tracing::warn!(error = %e, "cannot write the end of the build yet; waiting for the store");
+                        warned = true;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot persist the end of the build");
+                    return;
+                }
+            }
         }
     }
 
@@ -201,7 +230,7 @@ impl Build<'_> {
         for s in self.secrets.iter().filter(|s| !s.is_empty()) {
             line = line.replace(s.as_str(), "REDACTED");
         }
-        self.inner.store.append_log(self.id, &format!("{} {level} {line}", timestamp()));
+        log_line(self.inner, self.id, level, &line);
     }
 
     fn cancelled(&self) -> bool {
@@ -457,10 +486,10 @@ impl Build<'_> {
                 let kind = self.record().map(|r| r.kind.class()).unwrap_or("Image");
                 let activity = format!("{} build complete", kind.replace("Image", " Image"));
                 self.log("INFO", &activity);
-                self.update(|r| {
+                self.update_durably(|r| {
                     r.status = Status::Complete;
                     r.percent_complete = 100;
-                    r.status_detail = StatusDetail { activity, error: None };
+                    r.status_detail = StatusDetail { activity: activity.clone(), error: None };
                 });
             }
             Err(failure) => self.fail(failure),
@@ -479,9 +508,9 @@ impl Build<'_> {
             self.log("ERROR", &format!("  caused by: {c}"));
         }
         tracing::error!(%error, chain = ?chain, "build failed");
-        self.update(|r| {
+        self.update_durably(|r| {
             r.status = Status::Failed;
-            r.status_detail.error = Some(error);
+            r.status_detail.error = Some(error.clone());
         });
     }
 
@@ -818,6 +847,11 @@ impl Build<'_> {
 
 fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Step<T> {
     serde_json::from_value(v).map_err(|e| Failure::msg(format!("the plugin returned an unexpected result: {e}")))
+}
+
+/// Appends a line to an image's build log as its build does (timestamp, level, text).
+pub(super) fn log_line(inner: &Inner, id: &str, level: &str, line: &str) {
+    inner.store.append_log(id, &format!("{} {level} {line}", timestamp()));
 }
 
 fn timestamp() -> String {

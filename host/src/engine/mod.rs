@@ -10,6 +10,7 @@
 mod build;
 pub mod cache;
 mod callbacks;
+mod dispatch;
 pub mod events;
 pub mod sbom;
 mod slots;
@@ -72,6 +73,10 @@ pub struct EngineConfig {
     pub event_history: usize,
     /// The build cache's bound in bytes of bodies (0: no cache).
     pub cache_max_bytes: u64,
+    /// How long a worker's hold on a queued job lasts unless renewed (postgres store).
+    pub job_lease: Duration,
+    /// How many times a queued job is tried before its image fails as "worker lost".
+    pub job_max_attempts: u32,
 }
 
 /// A request for a provider image (a push of a target image, or a snapshot build).
@@ -100,6 +105,9 @@ pub struct DeleteRequest {
 /// What a running build shares with the engine.
 struct Job {
     cancel: AtomicBool,
+    /// A queued job whose lease went to another worker: its build stops without a word
+    /// to the image, which is the new worker's now.
+    lost: AtomicBool,
     callbacks: Option<callbacks::CallbackSender>,
 }
 
@@ -121,6 +129,8 @@ pub(crate) struct Inner {
     events: events::EventHub,
     /// Finished builds by the hash of their inputs.
     cache: cache::Cache,
+    /// The farm's job queue, when the store has one: builds run on workers.
+    queue: Option<dispatch::QueueSettings>,
 }
 
 /// The engine; cheap to clone (one shared state).
@@ -140,6 +150,12 @@ impl Engine {
         let slots = slots::Slots::new(config.max_concurrent_local_sessions);
         let events = events::EventHub::with_history(config.event_history);
         let cache = cache::Cache::new(store.dir(), config.cache_max_bytes);
+        let queue = store.job_queue().map(|queue| dispatch::QueueSettings {
+            queue,
+            lease: config.job_lease,
+            max_attempts: config.job_max_attempts,
+            worker: Mutex::new(None),
+        });
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -152,6 +168,7 @@ impl Engine {
                 changed: (Mutex::new(0), Condvar::new()),
                 events,
                 cache,
+                queue,
             }),
         }
     }
@@ -173,7 +190,9 @@ impl Engine {
         for status in [Status::New, Status::Pending, Status::Building, Status::Deleting] {
             in_flight.extend(self.inner.store.query(&Query { status: Some(status), ..Query::default() })?);
         }
-        for rec in in_flight {
+        // Jobs of the farm's queue wait or run somewhere: the queue looks after them.
+        let queued = self.inner.queued_images()?;
+        for rec in in_flight.into_iter().filter(|r| !queued.contains(&r.identifier)) {
             let Some(_lock) = self.inner.store.try_lock(&rec.identifier)? else { continue };
             let status = if rec.status == Status::Deleting { Status::DeleteFailed } else { Status::Failed };
             let res = self.inner.update(&rec.identifier, |r| {
@@ -551,10 +570,14 @@ impl Inner {
 
     /// Registers the job and starts its build thread.
     fn start(self: &Arc<Self>, id: &str, parameters: &Map<String, Value>, plan: build::Plan) {
+        if self.enqueue(id, parameters, &plan) {
+            return;
+        }
         // Checked at submission; a delete's (empty) parameters have none.
         let urls = callback_urls(parameters).unwrap_or_default();
         let job = Arc::new(Job {
             cancel: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
             callbacks: (!urls.is_empty()).then(|| callbacks::CallbackSender::start(id.to_string(), urls)),
         });
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), job.clone());
@@ -582,7 +605,11 @@ impl Inner {
     /// Asks a running build to stop and waits (bounded) for it to end.
     fn cancel_and_wait(&self, id: &str) {
         let job = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
-        let Some(job) = job else { return };
+        let Some(job) = job else {
+            // Not built here: perhaps by a worker of the farm.
+            self.cancel_queued(id);
+            return;
+        };
         job.cancel.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

@@ -14,6 +14,7 @@
 mod bodies;
 mod files;
 pub mod postgres;
+mod queue;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 pub use bodies::Bodies;
 pub use files::FileStore;
 pub use postgres::PgStore;
+pub use queue::{CancelOutcome, ClaimedJob, JobListener, JobQueue, LostJob, NewJob};
 
 use crate::image::{ImageKind, ImageRecord, Status};
 
@@ -121,6 +123,12 @@ pub trait ImageStore: Send + Sync {
     /// Takes the build lock of an image without waiting; `Ok(None)` when another holder
     /// (in this process or another) has it.
     fn try_lock(&self, id: &str) -> Result<Option<BuildLock>, StoreError>;
+
+    /// The farm's job queue, when the store has one (PostgreSQL): builds then run on
+    /// whichever worker takes them. `None` (the file store): builds run in this process.
+    fn job_queue(&self) -> Option<JobQueue> {
+        None
+    }
 }
 
 /// Paths and kept files, through the store's [`Bodies`].

@@ -45,11 +45,17 @@ const MIGRATION_LOCK: i64 = 0x1f_a6e5_f4c7;
 /// The PostgreSQL store.
 pub struct PgStore {
     bodies: Bodies,
-    pool: Pool,
+    pool: Arc<Pool>,
+    /// Log lines a call could not write (the server was away), written before the next
+    /// line so a build log loses nothing to an outage. Bounded: see [`MAX_PENDING_LOG`].
+    pending_log: Mutex<Vec<(String, String)>>,
 }
 
+/// Log lines held while the server is away; older ones are dropped beyond this.
+const MAX_PENDING_LOG: usize = 10_000;
+
 /// Connections to one server, opened on demand and kept while idle.
-struct Pool {
+pub(super) struct Pool {
     config: postgres::Config,
     /// `host:port/database`, for messages (never the URL: it may hold a password).
     name: String,
@@ -57,7 +63,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn connect(&self) -> Result<Client, StoreError> {
+    pub(super) fn connect(&self) -> Result<Client, StoreError> {
         self.config.connect(NoTls).map_err(|e| self.unavailable(&e))
     }
 
@@ -81,7 +87,10 @@ impl Pool {
 
     /// Runs `f` on a pooled connection. When it fails because the connection was dead (the
     /// server restarted since it was pooled), runs it once more on a new one.
-    fn with<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+    pub(super) fn with<T>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
         let mut client = self.take()?;
         match f(&mut client) {
             Ok(v) => {
@@ -104,7 +113,7 @@ impl Pool {
     }
 
     /// One line naming the server and the cause; the full chain goes to the log.
-    fn unavailable(&self, e: &postgres::Error) -> StoreError {
+    pub(super) fn unavailable(&self, e: &postgres::Error) -> StoreError {
         tracing::warn!(server = %self.name, error = ?e, "database call failed");
         let cause = match e.as_db_error() {
             Some(db) => db.message().to_string(),
@@ -146,8 +155,8 @@ impl PgStore {
         }
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("imagefactoryd");
-        let pool = Pool { name: server_name(&config), config, idle: Mutex::new(Vec::new()) };
-        let store = PgStore { bodies: Bodies::open(bodies)?, pool };
+        let pool = Arc::new(Pool { name: server_name(&config), config, idle: Mutex::new(Vec::new()) });
+        let store = PgStore { bodies: Bodies::open(bodies)?, pool, pending_log: Mutex::new(Vec::new()) };
         store.migrate()?;
         tracing::info!(server = %store.pool.name, bodies = %bodies.display(), "using the PostgreSQL image store");
         Ok(store)
@@ -306,17 +315,33 @@ impl ImageStore for PgStore {
         self.pool.with(|c| {
             let mut tx = c.transaction()?;
             tx.execute("DELETE FROM image_log WHERE image_id = $1", &[&id])?;
+            tx.execute("DELETE FROM jobs WHERE image_id = $1", &[&id])?;
             tx.execute("DELETE FROM images WHERE id = $1", &[&id])?;
             tx.commit()
         })
     }
 
+    /// Lines that cannot be written now are held and written, in order, before the next
+    /// line that can: a build that waits out an outage keeps its whole log.
     fn append_log(&self, id: &str, line: &str) {
-        let text = line.replace('\n', " ");
-        let res =
-            self.pool.with(|c| c.execute("INSERT INTO image_log (image_id, line) VALUES ($1, $2)", &[&id, &text]));
-        if let Err(e) = res {
-            tracing::warn!(image = %id, error = %e, "cannot append to the build log");
+        let mut pending = self.pending_log.lock().unwrap_or_else(|p| p.into_inner());
+        pending.push((id.to_string(), line.replace('\n', " ")));
+        let res = self.pool.with(|c| {
+            let mut tx = c.transaction()?;
+            for (id, text) in pending.iter() {
+                tx.execute("INSERT INTO image_log (image_id, line) VALUES ($1, $2)", &[id, text])?;
+            }
+            tx.commit()
+        });
+        match res {
+            Ok(()) => pending.clear(),
+            Err(e) => {
+                if pending.len() > MAX_PENDING_LOG {
+                    let excess = pending.len() - MAX_PENDING_LOG;
+                    pending.drain(..excess);
+                }
+                tracing::warn!(image = %id, error = %e, held = pending.len(), "cannot append to the build log; holding the line");
+            }
         }
     }
 
@@ -335,6 +360,10 @@ impl ImageStore for PgStore {
 
     /// A session advisory lock keyed by 64 bits of the id's MD5 (computed by the server,
     /// so every daemon agrees), on a new connection the lock keeps open.
+    fn job_queue(&self) -> Option<super::JobQueue> {
+        Some(super::JobQueue::new(self.pool.clone()))
+    }
+
     fn try_lock(&self, id: &str) -> Result<Option<BuildLock>, StoreError> {
         let mut client = self.pool.connect()?;
         let got: bool = client

@@ -1,0 +1,415 @@
+//! The PostgreSQL job queue and `imagefactoryd --worker`: with `"image_manager":
+//! "postgres"` every build is a row of table `jobs` that any worker of the farm may take.
+//! These tests prove, on a private PostgreSQL cluster, with API daemons (`api_only`) and
+//! workers each in a directory of its own (as on separate machines, sharing only the
+//! database and the bodies directory), that:
+//! - 100 builds posted to two API daemons are all built by three workers, each worker
+//!   taking some, and both daemons tell the same story about every image;
+//! - a worker killed with SIGKILL loses its job once its lease runs out: the job is
+//!   requeued and another worker builds it; after `job_max_attempts` losses the image
+//!   fails as "worker lost";
+//! - a worker takes only jobs whose plugins it has loaded;
+//! - a database outage in the middle of a build loses nothing;
+//! - deleting an image whose job runs stops the build on the worker;
+//! - `--worker` refuses the file store in one line.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use imagefactory_blackbox::{
+    imagefactoryd_bin, mock_tdl, poll_until, run_cmd, taken_by, workers_of, Daemon, DaemonOptions, Worker,
+    WorkerOptions,
+};
+use serde_json::{json, Value};
+use testkit::postgres::PgServer;
+
+/// Config keys as (name, value).
+type Extra<'a> = &'a [(&'a str, Value)];
+
+fn to_map(extra: Extra) -> serde_json::Map<String, Value> {
+    extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// An API daemon (`api_only`: it never works jobs) on the shared store, with both mock
+/// plugins; `extra` adds config keys (e.g. `job_lease_seconds`).
+fn api_daemon(pg: &PgServer, bodies: &Path, extra: Extra) -> Daemon {
+    let mut config = to_map(extra);
+    config.insert("image_manager".into(), json!("postgres"));
+    config.insert("image_manager_args".into(), json!({"url": pg.url(), "bodies": bodies}));
+    config.insert("api_only".into(), json!(true));
+    Daemon::start(DaemonOptions { extra_config: config, ..Default::default() })
+}
+
+/// A worker named `name` on the shared store with both mock plugins and 2 slots.
+fn worker(pg: &PgServer, bodies: &Path, name: &str, extra: Extra) -> Worker {
+    Worker::start(WorkerOptions { extra_config: to_map(extra), ..WorkerOptions::new(name, &pg.url(), bodies) })
+}
+
+/// Every log of the farm, for a failure message.
+fn logs(daemons: &[&Daemon], workers: &[&Worker]) -> String {
+    let mut out = String::new();
+    for (i, d) in daemons.iter().enumerate() {
+        out.push_str(&format!("--- API daemon {i} log:\n{}\n", d.log()));
+    }
+    for w in workers {
+        out.push_str(&format!("--- worker {} log:\n{}\n", w.name(), w.log()));
+    }
+    out
+}
+
+/// An image's JSON with the daemon's own origin taken out of its links.
+fn seen_by(d: &Daemon, collection: &str, id: &str) -> String {
+    d.get(&format!("/imagefactory/{collection}/{id}")).expect(200).text().replace(&d.origin(), "ORIGIN")
+}
+
+/// Status and activity of an image, or the answer when it is not a 200.
+fn status_of(d: &Daemon, collection: &str, id: &str) -> Result<Value, String> {
+    let r = d.get(&format!("/imagefactory/{collection}/{id}"));
+    if r.status != 200 {
+        return Err(format!("answer {} {}", r.status, r.text()));
+    }
+    Ok(r.json()[imagefactory_blackbox::singular(collection)].clone())
+}
+
+/// Polls an image (and its build log) every 100 ms until `done` accepts them, or panics
+/// after `timeout` with the last answer, the build log and the farm's logs.
+fn wait_image<T>(
+    d: &Daemon,
+    collection: &str,
+    id: &str,
+    timeout: Duration,
+    workers: &[&Worker],
+    what: &str,
+    mut done: impl FnMut(&Value, &str) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = status_of(d, collection, id);
+        let log = d.build_log(collection, id);
+        if let Some(v) = now.as_ref().ok().and_then(|img| done(img, &log)) {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{collection}/{id} did not {what} within {timeout:?}; last: {now:?}\nbuild log:\n{log}\n{}",
+                logs(&[d], workers)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the image is BUILDING and its build log names the worker that took it;
+/// returns that worker's name.
+fn wait_taken(d: &Daemon, collection: &str, id: &str, workers: &[&Worker]) -> String {
+    wait_image(d, collection, id, Duration::from_secs(60), workers, "build on a worker", |img, log| {
+        (img["status"] == "BUILDING").then(|| taken_by(log).last().cloned()).flatten()
+    })
+}
+
+/// Waits (up to `timeout`) for the image to end, COMPLETE or FAILED; returns it.
+fn wait_final(d: &Daemon, collection: &str, id: &str, timeout: Duration, workers: &[&Worker]) -> Value {
+    wait_image(d, collection, id, timeout, workers, "end", |img, _| {
+        matches!(img["status"].as_str(), Some("COMPLETE") | Some("FAILED")).then(|| img.clone())
+    })
+}
+
+/// Asserts the image ended COMPLETE, showing its build log and the farm's logs if not.
+#[track_caller]
+fn assert_complete(img: &Value, d: &Daemon, collection: &str, workers: &[&Worker]) {
+    let id = img["id"].as_str().unwrap_or_default();
+    assert_eq!(
+        img["status"],
+        "COMPLETE",
+        "{collection}/{id} did not complete: {img}\nbuild log:\n{}\n{}",
+        d.build_log(collection, id),
+        logs(&[d], workers)
+    );
+}
+
+/// One column of an image's jobs row, e.g. `state`; `NULL` shows as `NULL`, a missing
+/// row as `(no jobs row)`.
+fn job_column(pg: &PgServer, id: &str, column: &str) -> String {
+    let value = pg
+        .psql(&format!("SELECT coalesce({column}::text, 'NULL') FROM jobs WHERE image_id = '{id}'"))
+        .trim()
+        .to_string();
+    if value.is_empty() {
+        "(no jobs row)".to_string()
+    } else {
+        value
+    }
+}
+
+#[test]
+fn two_api_daemons_and_three_workers_build_100_images() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let a = api_daemon(&pg, bodies.path(), &[]);
+    let b = api_daemon(&pg, bodies.path(), &[]);
+    let workers: Vec<Worker> = ["w1", "w2", "w3"].iter().map(|n| worker(&pg, bodies.path(), n, &[])).collect();
+    let all_workers: Vec<&Worker> = workers.iter().collect();
+    for w in &workers {
+        assert!(w.plugins().iter().any(|p| p == "MockOS"), "{} does not offer MockOS: {:?}", w.name(), w.plugins());
+    }
+
+    // A short sleep per operation: a worker's 2 slots are busy for a while, so no worker
+    // can take all 100 before the others get any.
+    let ids: Vec<String> = (0..100)
+        .map(|i| {
+            let d = if i % 2 == 0 { &a } else { &b };
+            d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 0.2}))
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for id in &ids {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let img = wait_final(&a, "base_images", id, left, &all_workers);
+        assert_complete(&img, &a, "base_images", &all_workers);
+    }
+
+    let mut by_worker: std::collections::BTreeMap<String, usize> = Default::default();
+    for id in &ids {
+        assert_eq!(
+            seen_by(&a, "base_images", id),
+            seen_by(&b, "base_images", id),
+            "the two API daemons disagree about {id}"
+        );
+        let log = a.build_log("base_images", id);
+        let takers = taken_by(&log);
+        assert!(!takers.is_empty(), "no `taken by worker` line in the build log of {id}:\n{log}");
+        for t in &takers {
+            assert!(
+                ["w1", "w2", "w3"].contains(&t.as_str()),
+                "{id} was taken by {t:?}, no worker of this test:\n{log}"
+            );
+            *by_worker.entry(t.clone()).or_default() += 1;
+        }
+    }
+    for w in ["w1", "w2", "w3"] {
+        assert!(by_worker.contains_key(w), "worker {w} built nothing; builds per worker: {by_worker:?}");
+    }
+    let done = pg.psql("SELECT count(*) FROM jobs WHERE state = 'done'");
+    let states = pg.psql("SELECT state, count(*) FROM jobs GROUP BY state");
+    assert_eq!(done.trim(), "100", "jobs done; all job states:\n{states}");
+}
+
+#[test]
+fn a_worker_killed_mid_build_loses_its_job_to_another() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let lease: &[(&str, Value)] = &[("job_lease_seconds", json!(2))];
+    let d = api_daemon(&pg, bodies.path(), lease);
+    let mut w1 = worker(&pg, bodies.path(), "w1", lease);
+    let mut w2 = worker(&pg, bodies.path(), "w2", lease);
+
+    let id = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 8}));
+    let taker = wait_taken(&d, "base_images", &id, &[&w1, &w2]);
+    let other = match taker.as_str() {
+        "w1" => {
+            w1.kill9();
+            "w2"
+        }
+        "w2" => {
+            w2.kill9();
+            "w1"
+        }
+        t => panic!("{id} was taken by {t:?}, no worker of this test"),
+    };
+
+    let img = wait_final(&d, "base_images", &id, Duration::from_secs(90), &[&w1, &w2]);
+    assert_complete(&img, &d, "base_images", &[&w1, &w2]);
+    let log = d.build_log("base_images", &id);
+    let requeued = format!("Requeued: worker {taker} stopped renewing its lease");
+    assert!(log.contains(&requeued), "no {requeued:?} in the build log:\n{log}\n{}", logs(&[&d], &[&w1, &w2]));
+    let takers = taken_by(&log);
+    assert_eq!(takers, vec![taker.clone(), other.to_string()], "who took {id}, in order; build log:\n{log}");
+    assert_eq!(job_column(&pg, &id, "attempts"), "2", "attempts of {id}; build log:\n{log}");
+    assert_eq!(job_column(&pg, &id, "state"), "done", "state of {id}'s job");
+}
+
+#[test]
+fn a_job_whose_worker_is_lost_too_often_fails_as_worker_lost() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let settings: &[(&str, Value)] = &[("job_lease_seconds", json!(2)), ("job_max_attempts", json!(1))];
+    let d = api_daemon(&pg, bodies.path(), settings);
+    let mut w1 = worker(&pg, bodies.path(), "w1", settings);
+
+    let id = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 8}));
+    let taker = wait_taken(&d, "base_images", &id, &[&w1]);
+    assert_eq!(taker, "w1");
+    w1.kill9();
+
+    let img = wait_final(&d, "base_images", &id, Duration::from_secs(60), &[&w1]);
+    let log = d.build_log("base_images", &id);
+    assert_eq!(img["status"], "FAILED", "{img}\nbuild log:\n{log}\n{}", logs(&[&d], &[&w1]));
+    let error = img["status_detail"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("worker lost: worker w1 stopped renewing its lease"),
+        "the error of {id}: {error:?}\nimage: {img}\nbuild log:\n{log}"
+    );
+    assert_eq!(job_column(&pg, &id, "state"), "done", "state of {id}'s job");
+}
+
+#[test]
+fn a_worker_without_the_plugin_never_takes_the_job() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let d = api_daemon(&pg, bodies.path(), &[]);
+    let w1 = Worker::start(WorkerOptions { mock_cloud: false, ..WorkerOptions::new("w1", &pg.url(), bodies.path()) });
+    assert!(!w1.plugins().iter().any(|p| p.contains("Cloud")), "w1 has no cloud plugin, yet offers {:?}", w1.plugins());
+
+    let r = d
+        .post_json("/imagefactory/target_images", &json!({"target_image": {"template": mock_tdl(), "target": "mock"}}));
+    r.expect(202);
+    let tid = r.json()["target_image"]["id"].as_str().expect("a target image id").to_string();
+    let bid = r.json()["target_image"]["base_image_id"].as_str().expect("the base image id").to_string();
+
+    // The base needs only MockOS: w1 builds it.
+    let base = wait_final(&d, "base_images", &bid, Duration::from_secs(60), &[&w1]);
+    assert_complete(&base, &d, "base_images", &[&w1]);
+    let base_log = d.build_log("base_images", &bid);
+    assert_eq!(taken_by(&base_log), vec!["w1".to_string()], "who took the base {bid}:\n{base_log}");
+
+    // The target needs MockCloud too: it waits, untaken.
+    let queued = |img: &Value| {
+        img["status"] == "PENDING"
+            && img["status_detail"]["activity"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Queued: waiting for a worker with "))
+    };
+    poll_until(Duration::from_secs(10), &format!("target {tid} to be queued"), || {
+        let img = status_of(&d, "target_images", &tid)?;
+        if queued(&img) {
+            Ok(())
+        } else {
+            Err(format!("{img}"))
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let img = status_of(&d, "target_images", &tid).unwrap_or_else(|e| panic!("target {tid}: {e}"));
+        assert!(
+            queued(&img),
+            "target {tid} left the queue with only w1 (no MockCloud) running: {img}\nbuild log:\n{}\n{}",
+            d.build_log("target_images", &tid),
+            logs(&[&d], &[&w1])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(job_column(&pg, &tid, "worker"), "NULL", "the worker of {tid}'s job");
+    assert_eq!(job_column(&pg, &tid, "state"), "queued", "the state of {tid}'s job");
+
+    // A worker with both plugins takes it.
+    let w2 = worker(&pg, bodies.path(), "w2", &[]);
+    let target = wait_final(&d, "target_images", &tid, Duration::from_secs(60), &[&w1, &w2]);
+    assert_complete(&target, &d, "target_images", &[&w1, &w2]);
+    let log = d.build_log("target_images", &tid);
+    assert_eq!(taken_by(&log), vec!["w2".to_string()], "who took the target {tid}:\n{log}");
+}
+
+#[test]
+fn postgres_stopped_for_10_seconds_mid_build_recovers_with_nothing_lost() {
+    let mut pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let d = api_daemon(&pg, bodies.path(), &[]);
+    let w1 = worker(&pg, bodies.path(), "w1", &[]);
+
+    let id = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 20}));
+    assert_eq!(wait_taken(&d, "base_images", &id, &[&w1]), "w1");
+    let before = d.build_log("base_images", &id);
+
+    pg.stop();
+    let outage = Instant::now();
+    let mut checks = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let r = d.get(&format!("/imagefactory/base_images/{id}"));
+        let text = r.text();
+        assert_eq!(r.status, 503, "GET of {id} during the outage: {text}");
+        assert!(!text.trim_end().is_empty() && !text.trim_end().contains('\n'), "one line: {text:?}");
+        checks += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(checks >= 2, "only {checks} checks during the outage");
+    pg.start_again();
+
+    let img = wait_final(&d, "base_images", &id, Duration::from_secs(90), &[&w1]);
+    assert_complete(&img, &d, "base_images", &[&w1]);
+    let after = d.build_log("base_images", &id);
+    assert!(taken_by(&after).contains(&"w1".to_string()), "the `taken by worker w1` line is gone:\n{after}");
+    for line in before.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(after.contains(line), "the line {line:?} from before the outage is gone; build log now:\n{after}");
+    }
+    let body = bodies.path().join(format!("{id}.body"));
+    assert!(body.is_file(), "{} is missing; bodies dir: {:?}", body.display(), std::fs::read_dir(bodies.path()));
+    assert_eq!(job_column(&pg, &id, "state"), "done", "state of {id}'s job");
+}
+
+#[test]
+fn deleting_a_running_job_stops_it_on_the_worker() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let d = api_daemon(&pg, bodies.path(), &[]);
+    let w1 = worker(&pg, bodies.path(), "w1", &[]);
+
+    let id = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 30}));
+    assert_eq!(wait_taken(&d, "base_images", &id, &[&w1]), "w1");
+    poll_until(Duration::from_secs(10), "a build process (__worker) under w1", || {
+        if workers_of(w1.pid()).is_empty() {
+            Err(format!("children of w1: {:?}", imagefactory_blackbox::children_of(w1.pid())))
+        } else {
+            Ok(())
+        }
+    });
+
+    d.delete(&format!("/imagefactory/base_images/{id}")).expect(204);
+    poll_until(Duration::from_secs(15), &format!("GET of the deleted {id} to give 404"), || {
+        let r = d.get(&format!("/imagefactory/base_images/{id}"));
+        if r.status == 404 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    });
+    // The job went with its image (nothing of a deleted image stays in the database);
+    // the worker must have let go of it first.
+    poll_until(Duration::from_secs(15), "the build to stop on w1", || {
+        let left = workers_of(w1.pid());
+        let state = job_column(&pg, &id, "state");
+        if left.is_empty() && state == "(no jobs row)" {
+            Ok(())
+        } else {
+            Err(format!("build processes of w1: {left:?}; job state {state:?}\nw1 log:\n{}", w1.log()))
+        }
+    });
+}
+
+#[test]
+fn a_worker_refuses_a_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let storage = dir.path().join("storage");
+    for config in [
+        json!({"plugins": plugins, "image_manager_args": {"storage_path": storage}}),
+        json!({"plugins": plugins, "image_manager": "file", "image_manager_args": {"storage_path": storage}}),
+    ] {
+        let path = dir.path().join("imagefactory.conf");
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let mut cmd = Command::new(imagefactoryd_bin());
+        cmd.arg("--worker").arg("--config").arg(&path).env_remove("RUST_LOG");
+        let out = run_cmd(cmd, Duration::from_secs(30));
+        assert_eq!(out.code, 1, "{config}: exit code; stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{config}: one line on stderr, got:\n{}", out.stderr);
+        assert!(
+            lines[0].contains("--worker needs \"image_manager\": \"postgres\""),
+            "{config}: the line: {:?}",
+            lines[0]
+        );
+        assert!(!out.stdout.contains("taking jobs"), "{config}: it said it was ready: {}", out.stdout);
+    }
+}
