@@ -117,6 +117,7 @@ fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::warn!(count = recovered, "marked builds interrupted by the last stop as FAILED");
     }
     if engine.has_job_queue() {
+        engine.start_shared_events()?;
         engine.start_queue_upkeep()?;
         if !config.api_only {
             let name = worker_name(&config);

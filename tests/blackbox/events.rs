@@ -2,76 +2,11 @@
 //! in order, followed per image, resumed with Last-Event-ID, and the same for 500
 //! subscribers at once while builds run.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::time::{Duration, Instant};
 
 use imagefactory_blackbox::*;
-use serde_json::{json, Value};
-
-/// One Server-Sent Event as received.
-#[derive(Debug, Clone)]
-struct Sse {
-    id: Option<u64>,
-    event: String,
-    data: Value,
-}
-
-/// A subscriber reading the stream line by line.
-struct Subscriber {
-    lines: BufReader<Box<dyn Read + Send + Sync>>,
-}
-
-impl Subscriber {
-    fn connect(d: &Daemon, query: &str, last_event_id: Option<u64>) -> Subscriber {
-        let agent = ureq::AgentBuilder::new().timeout_read(Duration::from_secs(60)).build();
-        let mut req = agent.get(&format!("{}/imagefactory/events{query}", d.origin()));
-        if let Some(id) = last_event_id {
-            req = req.set("Last-Event-ID", &id.to_string());
-        }
-        let resp = req.call().unwrap_or_else(|e| panic!("GET /imagefactory/events: {e}"));
-        assert_eq!(resp.status(), 200);
-        assert!(resp.content_type().starts_with("text/event-stream"), "{}", resp.content_type());
-        Subscriber { lines: BufReader::new(resp.into_reader()) }
-    }
-
-    /// The next event (keep-alive comments skipped).
-    fn next(&mut self) -> Sse {
-        let (mut id, mut event, mut data) = (None, String::new(), String::new());
-        loop {
-            let mut line = String::new();
-            let n = self.lines.read_line(&mut line).expect("read the event stream");
-            assert!(n > 0, "the event stream ended");
-            let line = line.trim_end_matches(['\r', '\n']);
-            if line.is_empty() {
-                if !data.is_empty() || !event.is_empty() {
-                    let data = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event data {data:?}: {e}"));
-                    return Sse { id, event, data };
-                }
-                continue;
-            }
-            if let Some(v) = line.strip_prefix("id:") {
-                id = v.trim().parse().ok();
-            } else if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            }
-        }
-    }
-
-    /// Events until `done` says the last one read ends the wait.
-    fn until(&mut self, mut done: impl FnMut(&Sse) -> bool) -> Vec<Sse> {
-        let mut got = Vec::new();
-        loop {
-            let e = self.next();
-            let stop = done(&e);
-            got.push(e);
-            if stop {
-                return got;
-            }
-        }
-    }
-}
+use serde_json::json;
 
 fn completes(id: &str) -> impl Fn(&Sse) -> bool + '_ {
     move |e| e.data["id"] == id && e.data["status"] == "COMPLETE"
@@ -124,7 +59,7 @@ fn a_resumed_stream_gets_what_it_missed() {
     let d = Daemon::start_default();
     let mut first = Subscriber::connect(&d, "", None);
     let id = d.create_base(&mock_tdl(), json!({}));
-    let created = first.next();
+    let created = first.next_event();
     assert_eq!(created.event, "created");
     let seen = created.id.expect("an id");
     drop(first);
@@ -138,7 +73,7 @@ fn a_resumed_stream_gets_what_it_missed() {
 
     // The same with the query parameter, and bad resume points are refused.
     let mut by_query = Subscriber::connect(&d, &format!("?last_event_id={seen}"), None);
-    assert_eq!(by_query.next().id, Some(seen + 1));
+    assert_eq!(by_query.next_event().id, Some(seen + 1));
     let r = d.request_raw("GET", "/imagefactory/events", &[("Last-Event-ID", "yesterday")], None);
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.text().lines().count(), 1, "{}", r.text());
@@ -274,8 +209,8 @@ fn a_stalled_subscriber_is_cut_off_and_the_daemon_does_not_hold_events_for_it() 
     // The last event's number: resuming from 0 tells what was missed, then sends the
     // HISTORY events still held, the last of which is the last there was.
     let mut resumed = Subscriber::connect(&d, "", Some(0));
-    assert_eq!(resumed.next().event, "missed", "a resume from 0 after {BUILDS} builds must have missed events");
-    let held: Vec<u64> = (0..HISTORY).map(|_| resumed.next().id.expect("an event id")).collect();
+    assert_eq!(resumed.next_event().event, "missed", "a resume from 0 after {BUILDS} builds must have missed events");
+    let held: Vec<u64> = (0..HISTORY).map(|_| resumed.next_event().id.expect("an event id")).collect();
     let last_seq = *held.last().expect("held events");
     assert!(last_seq > 20_000, "too few events to test with: {last_seq}");
 

@@ -11,6 +11,8 @@
 //! - a worker takes only jobs whose plugins it has loaded;
 //! - a database outage in the middle of a build loses nothing;
 //! - deleting an image whose job runs stops the build on the worker;
+//! - an API daemon's event stream shows the changes a worker and another API daemon
+//!   made, in order, from the database's notices;
 //! - `--worker` refuses the file store in one line.
 
 use std::path::Path;
@@ -18,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imagefactory_blackbox::{
-    imagefactoryd_bin, mock_tdl, poll_until, run_cmd, taken_by, workers_of, Daemon, DaemonOptions, Worker,
+    imagefactoryd_bin, mock_tdl, poll_until, run_cmd, taken_by, workers_of, Daemon, DaemonOptions, Subscriber, Worker,
     WorkerOptions,
 };
 use serde_json::{json, Value};
@@ -385,6 +387,39 @@ fn deleting_a_running_job_stops_it_on_the_worker() {
             Err(format!("build processes of w1: {left:?}; job state {state:?}\nw1 log:\n{}", w1.log()))
         }
     });
+}
+
+#[test]
+fn an_api_daemon_streams_the_changes_a_worker_and_another_daemon_made() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let a = api_daemon(&pg, bodies.path(), &[]);
+    let b = api_daemon(&pg, bodies.path(), &[]);
+    let w1 = worker(&pg, bodies.path(), "w1", &[]);
+    let mut stream = Subscriber::connect(&a, "", None);
+    // Posted to B, built by w1: A wrote none of it.
+    let id = b.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 1}));
+    let events = stream.until(|e| e.data["id"] == id.as_str() && e.data["status"] == "COMPLETE");
+    let mine: Vec<_> = events.iter().filter(|e| e.data["id"] == id.as_str()).collect();
+    let summary: Vec<String> = mine.iter().map(|e| format!("{} {}", e.event, e.data["status"])).collect();
+    assert_eq!(mine.first().map(|e| e.event.as_str()), Some("created"), "{summary:?}");
+    let statuses: Vec<&str> = mine.iter().filter_map(|e| e.data["status"].as_str()).collect();
+    let position = |s: &str| statuses.iter().position(|x| *x == s);
+    assert!(
+        position("PENDING") < position("BUILDING") && position("BUILDING") < position("COMPLETE"),
+        "A's stream shows the build in order: {summary:?}\n{}",
+        logs(&[&a, &b], &[&w1])
+    );
+    let numbers: Vec<u64> = events.iter().filter_map(|e| e.id).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "numbered in order: {numbers:?}");
+
+    b.delete(&format!("/imagefactory/base_images/{id}")).expect(204);
+    let rest = stream.until(|e| e.data["id"] == id.as_str() && e.event == "deleted");
+    assert!(
+        rest.iter().any(|e| e.data["id"] == id.as_str() && e.data["status"] == "DELETING"),
+        "A's stream shows the delete B ran: {:?}",
+        rest.iter().map(|e| format!("{} {}", e.event, e.data["status"])).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -929,3 +929,71 @@ impl CliEnv {
 pub fn field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
     text.lines().find_map(|l| l.strip_prefix(label)).map(str::trim)
 }
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A subscriber of `GET /imagefactory/events`, reading the stream line by line.
+pub struct Subscriber {
+    lines: BufReader<Box<dyn Read + Send + Sync>>,
+}
+
+impl Subscriber {
+    pub fn connect(d: &Daemon, query: &str, last_event_id: Option<u64>) -> Subscriber {
+        // Bounded as a whole too: keep-alive comments would otherwise let a missing event
+        // hang a test forever.
+        let agent =
+            ureq::AgentBuilder::new().timeout_read(Duration::from_secs(60)).timeout(Duration::from_secs(300)).build();
+        let mut req = agent.get(&format!("{}/imagefactory/events{query}", d.origin()));
+        if let Some(id) = last_event_id {
+            req = req.set("Last-Event-ID", &id.to_string());
+        }
+        let resp = req.call().unwrap_or_else(|e| panic!("GET /imagefactory/events: {e}"));
+        assert_eq!(resp.status(), 200);
+        assert!(resp.content_type().starts_with("text/event-stream"), "{}", resp.content_type());
+        Subscriber { lines: BufReader::new(resp.into_reader()) }
+    }
+
+    /// The next event (keep-alive comments skipped).
+    pub fn next_event(&mut self) -> Sse {
+        let (mut id, mut event, mut data) = (None, String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            let n = self.lines.read_line(&mut line).expect("read the event stream");
+            assert!(n > 0, "the event stream ended");
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if !data.is_empty() || !event.is_empty() {
+                    let data = serde_json::from_str(&data).unwrap_or_else(|e| panic!("event data {data:?}: {e}"));
+                    return Sse { id, event, data };
+                }
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("id:") {
+                id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+    }
+
+    /// Events until `done` says the last one read ends the wait.
+    pub fn until(&mut self, mut done: impl FnMut(&Sse) -> bool) -> Vec<Sse> {
+        let mut got = Vec::new();
+        loop {
+            let e = self.next_event();
+            let stop = done(&e);
+            got.push(e);
+            if stop {
+                return got;
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod callbacks;
 mod dispatch;
 pub mod events;
 pub mod sbom;
+mod shared_events;
 mod slots;
 
 use std::collections::HashMap;
@@ -542,7 +543,7 @@ impl Inner {
         fill(&mut rec);
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.store.add(&rec)?;
-        self.events.publish(events::EventKind::Created, &rec, self.parents_of(&rec), &[]);
+        self.publish(events::EventKind::Created, &rec, &[]);
         Ok(rec)
     }
 
@@ -562,10 +563,24 @@ impl Inner {
         parents
     }
 
+    /// Publishes a change this process made, unless the store streams every daemon's
+    /// changes (then the store's notices publish it, once, in the order the database
+    /// saw it; see [`shared_events`]).
+    fn publish(&self, kind: events::EventKind, rec: &ImageRecord, changed: &[&str]) {
+        if !self.events_from_store() {
+            self.events.publish(kind, rec, self.parents_of(rec), changed);
+        }
+    }
+
+    /// Whether events come from the store's notices rather than this process's writes.
+    fn events_from_store(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// Publishes the removal of an image whose last state was `last`.
     fn publish_deleted(&self, last: &ImageRecord) {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.events.publish(events::EventKind::Deleted, last, self.parents_of(last), &[]);
+        self.publish(events::EventKind::Deleted, last, &[]);
     }
 
     /// Registers the job and starts its build thread.
@@ -638,7 +653,7 @@ impl Inner {
             self.store.save(&rec)?;
             let changed = events::changed_fields(&old, &rec);
             if !changed.is_empty() {
-                self.events.publish(events::EventKind::Changed, &rec, self.parents_of(&rec), &changed);
+                self.publish(events::EventKind::Changed, &rec, &changed);
             }
             (old.status, rec)
         };

@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub use bodies::Bodies;
 pub use files::FileStore;
 pub use postgres::PgStore;
-pub use queue::{CancelOutcome, ClaimedJob, JobListener, JobQueue, LostJob, NewJob};
+pub use queue::{CancelOutcome, ClaimedJob, JobQueue, LostJob, NewJob, Notices, Woken};
 
 use crate::image::{ImageKind, ImageRecord, Status};
 

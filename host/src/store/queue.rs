@@ -16,7 +16,8 @@
 //! - **Waking up.** A trigger sends `pg_notify('imagefactory_jobs', ...)` when a row is
 //!   queued or done; idle workers wait on that channel ([`JobListener`]) instead of
 //!   polling the table (they still look every few seconds, in case a notice was missed
-//!   while the connection was down).
+//!   while the connection was down). The same kind of connection ([`Notices`]) follows
+//!   `imagefactory_images`, which tells every daemon of every change to an image.
 //!
 //! `secrets` (provider credentials, the template with its root password, callback URLs
 //! with theirs) is kept only while the job may still run and cleared when it is done.
@@ -241,62 +242,96 @@ impl JobQueue {
     }
 
     /// A connection that waits for queue notices.
-    pub fn listener(&self) -> JobListener {
-        JobListener { pool: self.pool.clone(), client: None }
+    pub fn listener(&self) -> Notices {
+        Notices::new(self.pool.clone(), "imagefactory_jobs")
+    }
+
+    /// A connection that waits for notices of image changes (`insert:<id>`,
+    /// `update:<id>`, `delete:<id>`), whichever daemon made them.
+    pub fn image_notices(&self) -> Notices {
+        Notices::new(self.pool.clone(), "imagefactory_images")
     }
 }
 
-/// Waits for `imagefactory_jobs` notices on a connection of its own, reconnecting after
+/// What waiting for notices gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// Notices came: their payloads, in the order they were sent.
+    Notices(Vec<String>),
+    /// None came in time.
+    TimedOut,
+    /// The connection was made (again): notices sent while it was down are lost, so
+    /// the caller should look at the state itself.
+    Reconnected,
+    /// The server cannot be reached; the wait took its time-out.
+    Unavailable,
+}
+
+/// Waits for the notices of one channel on a connection of its own, reconnecting after
 /// an outage.
-pub struct JobListener {
+pub struct Notices {
     pool: Arc<Pool>,
+    channel: &'static str,
     client: Option<Client>,
 }
 
-impl JobListener {
-    /// Waits up to `timeout` for a notice; true when one came (or the connection had to
-    /// be made again: something may have been missed).
-    pub fn wait(&mut self, timeout: Duration) -> bool {
+impl Notices {
+    fn new(pool: Arc<Pool>, channel: &'static str) -> Notices {
+        Notices { pool, channel, client: None }
+    }
+
+    /// Waits up to `timeout` for notices.
+    pub fn next(&mut self, timeout: Duration) -> Woken {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let listen = format!("LISTEN {}", self.channel);
             match self.pool.connect().and_then(|mut c| {
-                c.batch_execute("LISTEN imagefactory_jobs").map_err(|e| self.pool.unavailable(&e))?;
+                c.batch_execute(&listen).map_err(|e| self.pool.unavailable(&e))?;
                 Ok(c)
             }) {
                 Ok(c) => {
                     self.client = Some(c);
-                    return true;
+                    return Woken::Reconnected;
                 }
                 Err(_) => {
                     std::thread::sleep(timeout);
-                    return false;
+                    return Woken::Unavailable;
                 }
             }
         }
         let outcome = match self.client.as_mut() {
-            Some(client) => first_notice(client, timeout),
-            None => return false,
+            Some(client) => notices(client, timeout),
+            None => return Woken::Unavailable,
         };
         match outcome {
-            Some(woken) => woken,
+            Some(payloads) if payloads.is_empty() => Woken::TimedOut,
+            Some(payloads) => Woken::Notices(payloads),
             None => {
                 self.client = None;
-                false
+                Woken::Unavailable
             }
         }
     }
+
+    /// Waits up to `timeout`; true when something may have changed (a notice came, or
+    /// the connection was made again).
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        matches!(self.next(timeout), Woken::Notices(_) | Woken::Reconnected)
+    }
 }
 
-/// Waits for one notice and takes the rest that came with it (one wake-up is enough):
-/// `Some(true)` when one came, `Some(false)` on time-out, `None` when the connection broke.
-fn first_notice(client: &mut Client, timeout: Duration) -> Option<bool> {
+/// Waits for one notice and takes the rest that came with it: their payloads (none on
+/// time-out), or `None` when the connection broke.
+fn notices(client: &mut Client, timeout: Duration) -> Option<Vec<String>> {
     let mut notices = client.notifications();
-    let woken = match notices.timeout_iter(timeout).next() {
-        Ok(found) => found.is_some(),
+    let mut payloads = Vec::new();
+    match notices.timeout_iter(timeout).next() {
+        Ok(Some(n)) => payloads.push(n.payload().to_string()),
+        Ok(None) => return Some(payloads),
         Err(_) => return None,
-    };
-    if woken {
-        let mut rest = notices.iter();
-        while let Ok(Some(_)) = rest.next() {}
     }
-    Some(woken)
+    let mut rest = notices.iter();
+    while let Ok(Some(n)) = rest.next() {
+        payloads.push(n.payload().to_string());
+    }
+    Some(payloads)
 }
