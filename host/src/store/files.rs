@@ -183,25 +183,28 @@ fn lock_opened(file: &File, path: &Path) -> LockAttempt {
 const LOCK_ATTEMPTS: usize = 16;
 
 impl Index {
-    fn insert(&mut self, mut rec: ImageRecord, modified: SystemTime) {
-        self.remove(&rec.identifier);
-        self.generation += 1;
-        let template = rec.template.take().map(|t| self.intern(t));
-        let entry = Entry::new(&rec, template, modified);
-        if let Some(parent) = entry.parent() {
-            self.children.entry(parent.to_string()).or_default().insert(rec.identifier.clone());
-        }
-        self.records.insert(rec.identifier.clone(), entry);
+    fn insert(&mut self, rec: ImageRecord, modified: SystemTime) {
+        self.insert_loaded(Loaded::new(rec, modified, &mut Templates::default()));
     }
 
-    /// The shared copy of `template`, made if it is new.
-    fn intern(&mut self, template: String) -> Arc<str> {
-        if let Some(t) = self.templates.get(template.as_str()) {
+    fn insert_loaded(&mut self, loaded: Loaded) {
+        let Loaded { id, template, mut entry } = loaded;
+        self.remove(&id);
+        self.generation += 1;
+        entry.template = template.map(|t| self.intern(t));
+        if let Some(parent) = entry.parent() {
+            self.children.entry(parent.to_string()).or_default().insert(id.clone());
+        }
+        self.records.insert(id, entry);
+    }
+
+    /// The shared copy of `template`: the index's own when it has an equal one.
+    fn intern(&mut self, template: Arc<str>) -> Arc<str> {
+        if let Some(t) = self.templates.get(&*template) {
             return Arc::clone(t);
         }
-        let t: Arc<str> = template.into();
-        self.templates.insert(Arc::clone(&t));
-        t
+        self.templates.insert(Arc::clone(&template));
+        template
     }
 
     fn remove(&mut self, id: &str) {
@@ -223,6 +226,76 @@ impl Index {
             }
         }
     }
+}
+
+/// A record made ready for the index away from its lock: its entry (JSON without the
+/// template) and the template still to be shared ([`Index::intern`]).
+struct Loaded {
+    id: String,
+    template: Option<Arc<str>>,
+    entry: Entry,
+}
+
+/// Templates already seen by one loader, so a template read again is freed at once (and
+/// its memory reused by the next file) instead of piling up until the index shares it.
+#[derive(Default)]
+struct Templates(std::collections::HashSet<Arc<str>>);
+
+impl Templates {
+    fn share(&mut self, template: String) -> Arc<str> {
+        if let Some(t) = self.0.get(template.as_str()) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = template.into();
+        self.0.insert(Arc::clone(&t));
+        t
+    }
+}
+
+impl Loaded {
+    fn new(mut rec: ImageRecord, modified: SystemTime, templates: &mut Templates) -> Loaded {
+        let template = rec.template.take().map(|t| templates.share(t));
+        let entry = Entry::new(&rec, None, modified);
+        Loaded { id: rec.identifier, template, entry }
+    }
+}
+
+/// Below this many files one thread reads them all (threads cost more than they save).
+const PARALLEL_LOAD_MIN: usize = 256;
+
+/// Reads and parses `.meta` files on every core (a daemon's start-up over a large store
+/// is mostly this), one reused buffer per thread; results in the order given.
+fn load_all(files: Vec<(PathBuf, SystemTime)>) -> Vec<(PathBuf, Result<Loaded, StoreError>)> {
+    let load = |chunk: &[(PathBuf, SystemTime)]| {
+        let mut buffer = Vec::new();
+        let mut templates = Templates::default();
+        chunk
+            .iter()
+            .map(|(path, modified)| {
+                let loaded = read_meta_with(path, &mut buffer).map(|rec| Loaded::new(rec, *modified, &mut templates));
+                (path.clone(), loaded)
+            })
+            .collect::<Vec<_>>()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if files.len() < PARALLEL_LOAD_MIN || threads < 2 {
+        return load(&files);
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files.chunks(chunk).map(|c| scope.spawn(move || load(c))).collect();
+        // A loader thread cannot panic on a file's content (every error is a value); a
+        // panic would be a bug, and takes its files' records with it, logged.
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    tracing::error!("a metadata loader thread panicked");
+                    Vec::new()
+                })
+            })
+            .collect()
+    })
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -280,9 +353,7 @@ impl FileStore {
             }
         };
         let mut seen = std::collections::HashSet::new();
-        // One buffer for every file: reading is most of loading a large store, and a
-        // fresh Vec (with the size query that sizes it) per file adds to it.
-        let mut buffer = Vec::new();
+        let mut stale: Vec<(PathBuf, SystemTime)> = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
@@ -296,13 +367,12 @@ impl FileStore {
                     continue;
                 }
             }
-            match read_meta_with(&entry.path(), &mut buffer) {
-                Ok(rec) => {
-                    index.insert(rec, modified.unwrap_or(SystemTime::UNIX_EPOCH));
-                }
-                Err(e) => {
-                    tracing::warn!(file = %entry.path().display(), error = %e, "skipping unreadable image metadata")
-                }
+            stale.push((entry.path(), modified.unwrap_or(SystemTime::UNIX_EPOCH)));
+        }
+        for (path, loaded) in load_all(stale) {
+            match loaded {
+                Ok(loaded) => index.insert_loaded(loaded),
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping unreadable image metadata"),
             }
         }
         let gone: Vec<String> = index.records.keys().filter(|id| !seen.contains(*id)).cloned().collect();
