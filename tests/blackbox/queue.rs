@@ -13,6 +13,8 @@
 //! - deleting an image whose job runs stops the build on the worker;
 //! - an API daemon's event stream shows the changes a worker and another API daemon
 //!   made, in order, from the database's notices;
+//! - a real Debian base and its OpenStack target are built through the queue by a worker
+//!   with the real plugins, and the API daemon serves the target's qcow2;
 //! - `--worker` refuses the file store in one line.
 
 use std::path::Path;
@@ -420,6 +422,58 @@ fn an_api_daemon_streams_the_changes_a_worker_and_another_daemon_made() {
         "A's stream shows the delete B ran: {:?}",
         rest.iter().map(|e| format!("{} {}", e.event, e.data["status"])).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_debian_base_and_its_openstack_target_are_built_through_the_queue() {
+    let pg = PgServer::start();
+    let bodies = tempfile::tempdir().unwrap();
+    let real = ["libdebian_os.so", "libopenstack_cloud.so"];
+    let mut config = to_map(&[("api_only", json!(true)), ("timeout", json!(1800))]);
+    config.insert("image_manager".into(), json!("postgres"));
+    config.insert("image_manager_args".into(), json!({"url": pg.url(), "bodies": bodies.path()}));
+    let d = Daemon::start(DaemonOptions {
+        extra_config: config,
+        extra_plugin_files: real
+            .iter()
+            .map(|so| (so.to_string(), imagefactory_blackbox::PluginSource::File(imagefactory_blackbox::plugin_so(so))))
+            .collect(),
+        ..Default::default()
+    });
+    let w1 = Worker::start(WorkerOptions {
+        mock_os: false,
+        mock_cloud: false,
+        plugins: real.iter().map(|s| s.to_string()).collect(),
+        max_concurrent: 1,
+        extra_config: to_map(&[("timeout", json!(1800))]),
+        ..WorkerOptions::new("w1", &pg.url(), bodies.path())
+    });
+    assert_eq!(w1.plugins(), ["Debian", "OpenStack"].map(String::from).to_vec().as_slice(), "w1's plugins");
+    let tdl = std::fs::read_to_string(imagefactory_blackbox::workspace_dir().join("conf/examples/debian12.tdl"))
+        .expect("conf/examples/debian12.tdl");
+    let r = d.post_json(
+        "/imagefactory/target_images",
+        &json!({"target_image": {"template": tdl, "target": "openstack-kvm"}}),
+    );
+    r.expect(202);
+    let tid = r.json()["target_image"]["id"].as_str().expect("a target image id").to_string();
+    let bid = r.json()["target_image"]["base_image_id"].as_str().expect("the base image id").to_string();
+    let base = wait_final(&d, "base_images", &bid, Duration::from_secs(1500), &[&w1]);
+    assert_complete(&base, &d, "base_images", &[&w1]);
+    let target = wait_final(&d, "target_images", &tid, Duration::from_secs(900), &[&w1]);
+    assert_complete(&target, &d, "target_images", &[&w1]);
+    for (collection, id) in [("base_images", &bid), ("target_images", &tid)] {
+        let log = d.build_log(collection, id);
+        assert_eq!(taken_by(&log), vec!["w1".to_string()], "who built {id}:\n{log}");
+    }
+    // The API daemon, which built nothing, serves the worker's qcow2 from the shared store.
+    let head =
+        d.request("GET", &format!("/imagefactory/target_images/{tid}/raw_image"), &[("Range", "bytes=0-3")], None);
+    assert_eq!(head.status, 206, "a ranged GET of the target's body: {}", head.text());
+    assert_eq!(head.body, b"QFI\xfb", "the target body is a qcow2");
+    let root = tdl.contains("change-me");
+    let secrets = pg.psql("SELECT count(*) FROM jobs WHERE secrets IS NOT NULL");
+    assert!(root && secrets.trim() == "0", "secrets (the root password) cleared from done jobs: {secrets}");
 }
 
 #[test]
