@@ -6,7 +6,7 @@
 # machine move from run to run.
 #
 #   bash scripts/bench.sh            # all benches
-#   bash scripts/bench.sh api_get    # some of them: api_get, store_list, discovery, api_load, cache
+#   bash scripts/bench.sh api_get    # some of them: api_get, store_list, discovery, api_load, cache, farm
 #
 # Loopback traffic only; every bench runs a bounded number of iterations and exits.
 # The full output is kept in $CARGO_TARGET_DIR/bench-report.txt.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/bench}
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(api_get store_list discovery api_load cache)
+[ ${#benches[@]} -gt 0 ] || benches=(api_get store_list discovery api_load cache farm)
 
 cargo build --release --workspace --quiet
 report="$CARGO_TARGET_DIR/bench-report.txt"

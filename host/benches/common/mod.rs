@@ -8,6 +8,11 @@
 // Each bench binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+/// The release `imagefactoryd` as a process (API daemon or farm worker).
+pub mod daemon;
+/// Load phases of many HTTP clients against a daemon, timed against its API root.
+pub mod load;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

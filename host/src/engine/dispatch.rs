@@ -293,9 +293,10 @@ fn dispatch(inner: &Arc<Inner>, state: &Arc<WorkerState>) {
     let slots = inner.config.max_concurrent_local_sessions.max(1);
     let mut last_error: Option<Instant> = None;
     while !state.stop.load(Ordering::SeqCst) {
+        // The change count first: a job ending after it is read wakes the wait below.
+        let seen = { *inner.changed.0.lock().unwrap_or_else(|p| p.into_inner()) };
         let busy = state.running.lock().unwrap_or_else(|p| p.into_inner()).len();
         if busy >= slots {
-            let seen = { *inner.changed.0.lock().unwrap_or_else(|p| p.into_inner()) };
             inner.wait_change(seen, Duration::from_millis(500));
             continue;
         }
