@@ -59,7 +59,7 @@ pub fn steer(host: &Host, parameters: &Parameters, who: &str, op: &str) -> Resul
         let until = Duration::from_secs_f64(total * step as f64 / steps as f64);
         while started.elapsed() < until {
             host.check_cancelled()?;
-            std::thread::sleep(Duration::from_millis(20).min(until - started.elapsed()));
+            std::thread::sleep(Duration::from_millis(20).min(until.saturating_sub(started.elapsed())));
         }
         host.percent((step * 100 / steps) as u8);
     }
