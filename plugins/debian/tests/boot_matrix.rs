@@ -82,9 +82,9 @@ fn check_sbom(f: &Factory, id: &str, base: Option<&str>) {
     }
 }
 
-/// The boot-report lines (`cloud-info: ...`) the console shows.
+/// The boot-report lines (`cloud-info: ...`) the console shows, kernel messages cut.
 fn cloud_lines(b: &Booted) -> Vec<String> {
-    b.console
+    b.program_output()
         .lines()
         .filter_map(|l| l.trim_end_matches('\r').strip_prefix("cloud-info: ").map(str::to_string))
         .collect()

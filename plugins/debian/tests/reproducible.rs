@@ -183,7 +183,7 @@ fn the_same_template_and_mirror_state_make_the_same_raw_and_qcow2_images() {
         let b = boot.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         assert_eq!(b.format, "qcow2");
         assert!(
-            b.console.contains("cloud-info: CLOUD_TYPE=\"openstack-kvm\""),
+            b.program_output().contains("cloud-info: CLOUD_TYPE=\"openstack-kvm\""),
             "the target booted without its cloud-info:\n{}",
             testkit::boot::tail(&b.console, 30)
         );

@@ -182,7 +182,7 @@ fn fedora_installs_from_a_url_tree_with_the_template_applied() {
     // installed system, which runs what the template's %post left for its boot.
     let booted = fixture::boot_from_disk(&f.body(&id));
     assert!(
-        booted.console.contains("fixture-test: motd says built by the imagefactory Fedora test"),
+        booted.program_output().contains("fixture-test: motd says built by the imagefactory Fedora test"),
         "the installed system did not run the template's boot script:\n{}",
         tail(&booted.console, 30)
     );

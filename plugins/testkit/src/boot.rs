@@ -85,7 +85,7 @@ impl Boot {
         let mut qemu = ChildGuard::spawn(cmd, "qemu-system-x86_64");
         loop {
             let console = std::fs::read(&serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            if console.contains(marker) {
+            if shows(&console, marker) {
                 let elapsed = started.elapsed();
                 // What the unit printed right after the marker line reaches the log too.
                 std::thread::sleep(Duration::from_millis(300));
@@ -98,7 +98,7 @@ impl Boot {
                 // It may have printed the marker just before powering off.
                 let console =
                     std::fs::read(&serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or(console);
-                if console.contains(marker) {
+                if shows(&console, marker) {
                     return Booted { elapsed: started.elapsed(), console, format };
                 }
                 let stderr = qemu.stderr_text();
@@ -122,6 +122,62 @@ impl Boot {
     }
 }
 
+impl Booted {
+    /// What the guest's programs printed: the console without the kernel's messages,
+    /// which the kernel writes to the same serial port whenever it likes, even in the
+    /// middle of a program's line (`cloud-info: X[   26.96] kvm: ...`).
+    pub fn program_output(&self) -> String {
+        without_kernel_messages(&self.console)
+    }
+}
+
+/// Whether `console` shows `marker`, also when a kernel message split it.
+fn shows(console: &str, marker: &str) -> bool {
+    console.contains(marker) || without_kernel_messages(console).contains(marker)
+}
+
+/// `text` without its kernel messages: each `[ seconds.micros] ...` up to and including
+/// its line's end is cut, so the text a program wrote around it joins up again.
+pub fn without_kernel_messages(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('[') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match kernel_stamp_len(rest) {
+            Some(_) => rest = rest.find('\n').map_or("", |end| &rest[end + 1..]),
+            None => {
+                out.push('[');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The length of a kernel time stamp (`[    26.969688]`) at the start of `s`, if any.
+fn kernel_stamp_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 1;
+    while b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let digits = |mut i: usize| {
+        let from = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let i = digits(i)?;
+    if b.get(i) != Some(&b'.') {
+        return None;
+    }
+    let i = digits(i + 1)?;
+    (b.get(i) == Some(&b']')).then_some(i + 1)
+}
+
 /// The format `qemu-img info` reads in `image`.
 pub fn detect_format(image: &Path) -> String {
     let out = Command::new("qemu-img")
@@ -138,4 +194,20 @@ pub fn detect_format(image: &Path) -> String {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_kernel_messages;
+
+    #[test]
+    fn kernel_messages_are_cut_from_program_lines() {
+        let console = "[  OK  ] Started x.\r\ncloud-info: CLOUD_TYPE=\"vsphere\"[   26.969688] kvm: Nested\r\n\
+                       [   26.970009] SVM: off\r\n\r\nIMAGEFACTORY-BOOT-MARKER\r\n[0.5] a short stamp\n";
+        assert_eq!(
+            without_kernel_messages(console),
+            "[  OK  ] Started x.\r\ncloud-info: CLOUD_TYPE=\"vsphere\"\r\nIMAGEFACTORY-BOOT-MARKER\r\n"
+        );
+        assert_eq!(without_kernel_messages("CLOUD_TY[ 1.2] x\nPE=1\n[a] [1.] [.5]"), "CLOUD_TYPE=1\n[a] [1.] [.5]");
+    }
 }
