@@ -26,6 +26,11 @@ impl Bodies {
         &self.dir
     }
 
+    /// Where bodies are, for logs.
+    pub fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
     pub fn body_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.body"))
     }

@@ -149,6 +149,12 @@ impl PgStore {
     /// Connects, applies the schema migrations this build has and the database lacks, and
     /// opens the bodies directory.
     pub fn open(url: &str, bodies: &std::path::Path) -> Result<PgStore, StoreError> {
+        PgStore::open_with(url, Bodies::open(bodies)?)
+    }
+
+    /// [`PgStore::open`] with bodies already opened (a directory, or object storage
+    /// with its local cache).
+    pub fn open_with(url: &str, bodies: Bodies) -> Result<PgStore, StoreError> {
         let mut config = parse_url(url).map_err(StoreError::Unusable)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -156,9 +162,9 @@ impl PgStore {
         config.keepalives_idle(Duration::from_secs(30));
         config.application_name("imagefactoryd");
         let pool = Arc::new(Pool { name: server_name(&config), config, idle: Mutex::new(Vec::new()) });
-        let store = PgStore { bodies: Bodies::open(bodies)?, pool, pending_log: Mutex::new(Vec::new()) };
+        let store = PgStore { bodies, pool, pending_log: Mutex::new(Vec::new()) };
         store.migrate()?;
-        tracing::info!(server = %store.pool.name, bodies = %bodies.display(), "using the PostgreSQL image store");
+        tracing::info!(server = %store.pool.name, bodies = %store.bodies.location(), "using the PostgreSQL image store");
         Ok(store)
     }
 

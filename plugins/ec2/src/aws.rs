@@ -5,14 +5,10 @@
 //! the uploads' hashing off the network's way on this kind of machine) and blocks on it.
 //! All three services share one HTTP client (rustls with ring) and one endpoint override.
 
-use std::time::Duration;
-
 use aws_credential_types::Credentials;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::behavior_version::BehaviorVersion;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
-use aws_smithy_types::retry::RetryConfig;
-use aws_smithy_types::timeout::TimeoutConfig;
+use s3kit::{retries, timeouts};
 
 use crate::credentials::Ec2Credentials;
 use crate::provider::Provider;
@@ -48,8 +44,7 @@ impl Aws {
             .thread_name("ec2-plugin")
             .enable_all()
             .build()?;
-        let http: SharedHttpClient =
-            aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
+        let http: SharedHttpClient = s3kit::https_client();
         let keys = Credentials::new(
             creds.access_key.clone(),
             creds.secret_key.expose().to_string(),
@@ -58,13 +53,7 @@ impl Aws {
             "imagefactory-ec2-credentials",
         );
         let region = aws_sdk_ec2::config::Region::new(provider.region.clone());
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
-            .operation_attempt_timeout(Duration::from_secs(300))
-            .build();
-        let retries =
-            |n: u32| if n > 1 { RetryConfig::standard().with_max_attempts(n) } else { RetryConfig::disabled() };
+        let timeouts = timeouts();
 
         let ec2 = {
             let mut b = aws_sdk_ec2::Config::builder()
@@ -92,24 +81,12 @@ impl Aws {
             }
             aws_sdk_ebs::Client::from_conf(b.build())
         };
-        let s3_with = |attempts: u32| {
-            let mut b = aws_sdk_s3::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(region.clone())
-                .credentials_provider(keys.clone())
-                .http_client(http.clone())
-                .timeout_config(timeouts.clone())
-                .retry_config(retries(attempts))
-                // Content-MD5 per part is sent by the plugin; no trailing CRC checksums,
-                // which S3-compatible stores often lack.
-                .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
-            if let Some(e) = &provider.endpoint {
-                // An endpoint override is one host: buckets go in the path, not the name.
-                b = b.endpoint_url(e).force_path_style(true);
-            }
-            aws_sdk_s3::Client::from_conf(b.build())
+        let s3_target = s3kit::Target {
+            region: &provider.region,
+            endpoint: provider.endpoint.as_deref(),
+            credentials: keys.clone(),
         };
+        let s3_with = |attempts: u32| s3kit::client(&http, &s3_target, attempts);
         let endpoint = provider.endpoint.clone().unwrap_or_else(|| format!("AWS {}", provider.region));
         Ok(Aws {
             ec2,

@@ -31,36 +31,15 @@ use crate::retry::{retry, RetryError, RetryPolicy};
 use crate::PushError;
 
 const MIB: u64 = 1 << 20;
-/// S3's limit on the number of parts of one upload.
-const MAX_PARTS: u64 = 10_000;
 /// The most part data in memory at once.
 const MEMORY_BUDGET: u64 = 64 * MIB;
 
-/// The part size for a file of `size` bytes: 8 MiB, or larger (whole MiB) when the file
-/// needs more than 10,000 parts of 8 MiB.
-pub fn part_size(size: u64) -> u64 {
-    let min = 8 * MIB;
-    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
-    min.max(needed)
-}
+pub use s3kit::{multipart_etag, part_size};
 
 /// Parts in flight at once for parts of `part` bytes.
 fn concurrency(part: u64, wanted: usize) -> usize {
     let budget = usize::try_from(MEMORY_BUDGET / part.max(1)).unwrap_or(1);
     wanted.min(budget).max(1)
-}
-
-/// The ETag S3 gives a multipart object: the MD5 of the parts' MD5s, `-`, the part count.
-pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
-    let mut h = Md5::new();
-    for m in part_md5s {
-        h.update(m);
-    }
-    format!("{}-{}", hex(&h.finalize()), part_md5s.len())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads part `n` (0-based) of `file` into a buffer.
@@ -423,21 +402,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn part_sizes_stay_within_s3_limits() {
-        assert_eq!(part_size(0), 8 * MIB);
-        assert_eq!(part_size(64 * MIB), 8 * MIB);
-        assert_eq!(part_size(80_000 * MIB), 8 * MIB);
-        let big = 2u64 << 40; // 2 TiB
-        assert!(big.div_ceil(part_size(big)) <= MAX_PARTS);
-        assert_eq!(part_size(big) % MIB, 0);
+    fn concurrency_stays_within_the_memory_budget() {
         assert_eq!(concurrency(8 * MIB, 4), 4);
         assert_eq!(concurrency(200 * MIB, 4), 1);
-    }
-
-    #[test]
-    fn etag_of_parts() {
-        // md5("") = d41d8cd98f00b204e9800998ecf8427e; etag of one empty part is md5 of that digest.
-        let e: [u8; 16] = Md5::digest(b"").into();
-        assert_eq!(multipart_etag(&[e]), format!("{}-1", hex(&Md5::digest(e))));
     }
 }
