@@ -143,3 +143,22 @@ fn an_idle_worker_wakes_when_a_job_is_queued() {
     assert!(start.elapsed() < Duration::from_secs(5), "woken at once, not by a poll: {:?}", start.elapsed());
     t.join().unwrap();
 }
+
+#[test]
+fn releasing_one_job_requeues_it_alone_without_counting_the_attempt() {
+    let pg = PgServer::start();
+    let (_store, queue, _dir) = open(&pg);
+    queue.enqueue(&job("r1", &["MockOS"], None)).unwrap();
+    queue.enqueue(&job("r2", &["MockOS"], None)).unwrap();
+    let os = names(&["MockOS"]);
+    let a = queue.claim("w1", &os, LEASE).unwrap().expect("a first job");
+    let b = queue.claim("w1", &os, LEASE).unwrap().expect("a second job");
+    queue.release(&a.image_id, "w1").unwrap();
+    assert_eq!(queue.state(&a.image_id).unwrap().as_deref(), Some("queued"));
+    assert_eq!(queue.state(&b.image_id).unwrap().as_deref(), Some("running"), "the worker's other job runs on");
+    // The worker's next renewal keeps only the job it still runs.
+    let renewed = queue.renew("w1", LEASE).unwrap();
+    assert_eq!(renewed.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), vec![b.image_id.as_str()]);
+    let again = queue.claim("w2", &os, LEASE).unwrap().expect("the released job, for another worker");
+    assert_eq!((again.image_id.as_str(), again.attempt), (a.image_id.as_str(), 1), "the release was not an attempt");
+}

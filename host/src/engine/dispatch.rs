@@ -336,7 +336,9 @@ fn run_claimed(inner: &Arc<Inner>, state: &Arc<WorkerState>, claimed: ClaimedJob
         }
         Err(e) => {
             tracing::warn!(image = %id, error = %e, "cannot read a job's image; giving the job back");
-            let _ = settings.queue.release_all(&state.name);
+            if let Err(e) = settings.queue.release(&id, &state.name) {
+                tracing::warn!(image = %id, error = %e, "cannot give the job back; its lease will run out");
+            }
             return;
         }
     }
@@ -393,7 +395,9 @@ fn run_claimed(inner: &Arc<Inner>, state: &Arc<WorkerState>, claimed: ClaimedJob
         tracing::error!(image = %id, error = %e, "cannot start a build thread; giving the job back");
         inner.finish_job(&id);
         state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        let _ = settings.queue.release_all(&state.name);
+        if let Err(e) = settings.queue.release(&id, &state.name) {
+            tracing::warn!(image = %id, error = %e, "cannot give the job back; its lease will run out");
+        }
     }
 }
 

@@ -167,6 +167,21 @@ impl JobQueue {
         Ok(())
     }
 
+    /// Puts one job this worker took straight back in the queue, without counting the
+    /// attempt: the worker could not start it (its image could not be read, no thread),
+    /// which says nothing about the job. Its other jobs keep running.
+    pub fn release(&self, image_id: &str, worker: &str) -> Result<(), StoreError> {
+        self.pool.with(|c| {
+            c.execute(
+                "UPDATE jobs SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
+                     last_worker = worker, worker = NULL, lease_until = NULL \
+                 WHERE image_id = $1 AND worker = $2 AND state = 'running'",
+                &[&image_id, &worker],
+            )
+        })?;
+        Ok(())
+    }
+
     /// Gives back the jobs a stopping worker runs, at once (each counts as an attempt).
     pub fn release_all(&self, worker: &str) -> Result<(), StoreError> {
         self.pool.with(|c| {
