@@ -163,23 +163,11 @@ impl Build<'_> {
     /// for up to [`DURABLE_WRITE_BOUND`]: an outage must not leave a finished build
     /// showing BUILDING forever.
     fn update_durably(&self, f: impl Fn(&mut ImageRecord)) {
-        let deadline = std::time::Instant::now() + DURABLE_WRITE_BOUND;
-        let mut warned = false;
-        loop {
-            match self.inner.update(self.id, &f) {
-                Ok(_) => return,
-                Err(super::EngineError::Unavailable(e)) if std::time::Instant::now() < deadline => {
-                    if !warned {
-                        tracing::warn!(error = %e, "cannot write the end of the build yet; waiting for the store");
-                        warned = true;
-                    }
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot persist the end of the build");
-                    return;
-                }
-            }
+        let written = crate::store::retry_while_unavailable(DURABLE_WRITE_BOUND, "write the end of the build", || {
+            self.inner.update(self.id, &f)
+        });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "cannot persist the end of the build");
         }
     }
 

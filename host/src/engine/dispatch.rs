@@ -209,21 +209,11 @@ fn upkeep_interval(lease: Duration) -> Duration {
     (lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(1))
 }
 
-/// Tries `f` every second while the store is unavailable, for at most `bound`.
-fn retrying<T>(bound: Duration, mut f: impl FnMut() -> Result<T, crate::store::StoreError>) -> Option<T> {
-    let deadline = Instant::now() + bound;
-    loop {
-        match f() {
-            Ok(v) => return Some(v),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "the job queue is unavailable; trying again");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the job queue stayed unavailable; giving up");
-                return None;
-            }
-        }
+/// Marks a job done, waiting out an unavailable database for up to `bound`; after
+/// that its lease runs out and the image's end decides what the reaper does.
+fn finish_job(queue: &crate::store::JobQueue, bound: Duration, id: &str, worker: &str) {
+    if let Err(e) = crate::store::retry_while_unavailable(bound, "mark the job done", || queue.finish(id, worker)) {
+        tracing::warn!(image = %id, error = %e, "cannot mark the job done; its lease will run out");
     }
 }
 
@@ -323,7 +313,7 @@ fn run_claimed(inner: &Arc<Inner>, state: &Arc<WorkerState>, claimed: ClaimedJob
     let id = claimed.image_id.clone();
     let finish = |inner: &Inner| {
         if let Some(settings) = &inner.queue {
-            retrying(settings.lease * 2, || settings.queue.finish(&id, &state.name));
+            finish_job(&settings.queue, settings.lease * 2, &id, &state.name);
         }
     };
     // A job taken again after its image reached its end (its last worker died between
@@ -384,7 +374,7 @@ fn run_claimed(inner: &Arc<Inner>, state: &Arc<WorkerState>, claimed: ClaimedJob
             build::run(&thread_inner, &id, &job, plan);
             if !job.lost.load(Ordering::SeqCst) {
                 if let Some(settings) = &thread_inner.queue {
-                    retrying(settings.lease * 2, || settings.queue.finish(&id, &thread_state.name));
+                    finish_job(&settings.queue, settings.lease * 2, &id, &thread_state.name);
                 }
             }
             thread_state.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);

@@ -48,6 +48,12 @@ pub enum EngineError {
     Unavailable(String),
 }
 
+impl crate::store::Transient for EngineError {
+    fn is_transient(&self) -> bool {
+        matches!(self, EngineError::Unavailable(_))
+    }
+}
+
 impl From<crate::store::StoreError> for EngineError {
     fn from(e: crate::store::StoreError) -> EngineError {
         match e {

@@ -51,6 +51,42 @@ pub enum StoreError {
     Unusable(String),
 }
 
+/// An error that may go away by itself: the store's server is down or restarting.
+pub trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Calls `f` until it succeeds, once a second while it fails with a [`Transient`] error,
+/// for up to `bound`; then (or at once, for any other error) returns the error. The
+/// writes that must not be dropped (the end of a build, a job marked done) wait out a
+/// database restart this way. `what` names the write in the one warning it logs.
+pub fn retry_while_unavailable<T, E: Transient>(
+    bound: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + bound;
+    let mut warned = false;
+    loop {
+        match f() {
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot {what} yet; trying again every second");
+                    warned = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// A query over stored images: every field given must match exactly.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
