@@ -8,10 +8,12 @@
 #
 # It holds imagefactoryd and imagefactory in /usr/bin, the production plugins in
 # /usr/lib/imagefactory/plugins (never the mock plugins), /etc/imagefactory/
-# imagefactory.conf and target_content.xml as conffiles, the systemd unit
-# imagefactoryd.service, and maintainer scripts that add the system user `imagefactory`
-# and /var/lib/imagefactory. Depends: the shared libraries the binaries link (found
-# with ldd and dpkg -S on this build machine) and the tools the plugins run.
+# imagefactory.conf and target_content.xml as conffiles, the systemd units
+# imagefactoryd.service (the API daemon, enabled at install) and
+# imagefactoryd-worker.service (a farm's build worker, never enabled by the package: it
+# needs a postgres config first), and maintainer scripts that add the system user
+# `imagefactory` and /var/lib/imagefactory. Depends: the shared libraries the binaries
+# link (found with ldd and dpkg -S on this build machine) and the tools the plugins run.
 # Prints the path of the .deb on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +70,7 @@ install -d "$STAGE/DEBIAN" "$STAGE/usr/bin" "$STAGE/usr/lib/imagefactory/plugins
 install -m 0755 "$BIN/imagefactoryd" "$BIN/imagefactory" "$STAGE/usr/bin/"
 for p in "${PLUGINS[@]}"; do install -m 0644 "$BIN/${p##* }" "$STAGE/usr/lib/imagefactory/plugins/"; done
 install -m 0644 conf/imagefactory.conf conf/target_content.xml "$STAGE/etc/imagefactory/"
-install -m 0644 conf/systemd/imagefactoryd.service "$STAGE/lib/systemd/system/"
+install -m 0644 conf/systemd/imagefactoryd.service conf/systemd/imagefactoryd-worker.service "$STAGE/lib/systemd/system/"
 install -m 0644 conf/systemd/root-builds.conf "$STAGE/usr/share/doc/imagefactory/examples/"
 install -m 0644 README.md "$STAGE/usr/share/doc/imagefactory/"
 cp -r conf/examples/. "$STAGE/usr/share/doc/imagefactory/examples/"

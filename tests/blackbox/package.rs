@@ -4,7 +4,10 @@
 //! fresh Debian root (minbase and systemd, from this host's own apt mirror) and apt
 //! installs the .deb into it with its dependencies. Inside that root: the maintainer
 //! scripts made the system user and its directories, `systemd-analyze verify` accepts
-//! the unit, and the daemon, started exactly as the unit's `ExecStart` says and as the
+//! both units, the farm's worker unit is installed but never enabled (not even by the
+//! maintainer scripts run as where systemd runs, through a logging `systemctl`), its `ExecStart` run as its `User` with the
+//! shipped file-store config refuses in one line (the binary and the unit agree on
+//! `--worker`), and the daemon, started exactly as the unit's `ExecStart` says and as the
 //! unit's `User`, serves the shipped config (HTTPS with a certificate made at start,
 //! OAuth on). The operator's steps are the test's: a client key in the config, a free
 //! port on loopback, and the MockOS plugin dropped into /etc/imagefactory/plugins.d
@@ -117,6 +120,7 @@ fn the_deb_installs_into_a_fresh_debian_and_its_service_builds_an_image() {
         "./usr/lib/imagefactory/plugins/libdebian_os.so",
         "./usr/lib/imagefactory/plugins/libec2_cloud.so",
         "./lib/systemd/system/imagefactoryd.service",
+        "./lib/systemd/system/imagefactoryd-worker.service",
         "./etc/imagefactory/imagefactory.conf",
     ] {
         assert!(files.lines().any(|l| l.ends_with(f)), "the package lacks {f}:\n{files}");
@@ -165,17 +169,132 @@ fn the_deb_installs_into_a_fresh_debian_and_its_service_builds_an_image() {
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), uid, "{d} is not the service user's");
     }
 
-    // The unit: systemd's own check, then its ExecStart and User.
-    let verify = in_root(&root, &["systemd-analyze", "verify", "/lib/systemd/system/imagefactoryd.service"])
-        .output()
-        .expect("systemd-analyze");
-    let complaints = String::from_utf8_lossy(&verify.stderr).into_owned();
-    assert!(verify.status.success(), "systemd-analyze verify failed:\n{complaints}");
-    assert!(!complaints.contains("imagefactoryd.service"), "systemd-analyze verify complains:\n{complaints}");
+    // The units: systemd's own check, then their ExecStart and User.
+    for name in ["imagefactoryd.service", "imagefactoryd-worker.service"] {
+        let verify = in_root(&root, &["systemd-analyze", "verify", &format!("/lib/systemd/system/{name}")])
+            .output()
+            .expect("systemd-analyze");
+        let complaints = String::from_utf8_lossy(&verify.stderr).into_owned();
+        assert!(verify.status.success(), "systemd-analyze verify {name} failed:\n{complaints}");
+        assert!(!complaints.contains(name), "systemd-analyze verify complains about {name}:\n{complaints}");
+    }
     let unit = std::fs::read_to_string(root.join("lib/systemd/system/imagefactoryd.service")).expect("the unit");
     let exec_start = unit_value(&unit, "ExecStart");
     let user = unit_value(&unit, "User");
     assert_eq!(user, "imagefactory");
+
+    // The worker unit: the --worker command, the API unit's user, stopped by SIGTERM.
+    let worker_unit =
+        std::fs::read_to_string(root.join("lib/systemd/system/imagefactoryd-worker.service")).expect("the worker unit");
+    let worker_exec = unit_value(&worker_unit, "ExecStart");
+    assert_eq!(worker_exec, "/usr/bin/imagefactoryd --worker --config /etc/imagefactory/imagefactory.conf");
+    assert_eq!(unit_value(&worker_unit, "User"), user, "the worker unit's user is not the API unit's");
+    assert_eq!(unit_value(&worker_unit, "Group"), unit_value(&unit, "Group"));
+    assert_eq!(unit_value(&worker_unit, "Restart"), "on-failure");
+    assert_eq!(unit_value(&worker_unit, "KillSignal"), "SIGTERM");
+
+    // Never enabled: not by the install above (no systemd ran), and not by the maintainer
+    // scripts run again as where systemd runs (/run/systemd/system present). systemd
+    // cannot run here, so a stand-in `systemctl` first in PATH logs each call and makes
+    // the unit-file changes with the real one offline (`--root=/`); the units listed in
+    // $ACTIVE count as running.
+    let run_systemd = root.join("run/systemd/system");
+    let made_run_systemd = !run_systemd.exists();
+    std::fs::create_dir_all(&run_systemd).expect("/run/systemd/system in the root");
+    let shim_dir = root.join("tmp/systemctl-shim");
+    std::fs::create_dir_all(&shim_dir).expect("a directory for the systemctl stand-in");
+    std::fs::write(
+        shim_dir.join("systemctl"),
+        "#!/bin/sh\necho \"$*\" >>/tmp/systemctl-shim/calls\ncase \"$1\" in\n  \
+         enable | disable) exec /usr/bin/systemctl --root=/ \"$@\" ;;\n  \
+         is-active) for u in $ACTIVE; do [ \"$u\" = \"$3\" ] && exit 0; done; exit 3 ;;\nesac\nexit 0\n",
+    )
+    .expect("the systemctl stand-in");
+    run(Command::new("chmod").arg("0755").arg(shim_dir.join("systemctl")), "chmod");
+    let maintainer_script = |script: &str, args: &[&str], active: &str| -> Vec<String> {
+        let _ = std::fs::remove_file(shim_dir.join("calls"));
+        let path = "PATH=/tmp/systemctl-shim:/usr/sbin:/usr/bin:/sbin:/bin".to_string();
+        let active = format!("ACTIVE={active}");
+        let script = format!("/var/lib/dpkg/info/imagefactory.{script}");
+        let mut argv = vec!["env", path.as_str(), active.as_str(), script.as_str()];
+        argv.extend_from_slice(args);
+        run(&mut in_root(&root, &argv), &format!("{script} {args:?}"));
+        std::fs::read_to_string(shim_dir.join("calls")).unwrap_or_default().lines().map(str::to_string).collect()
+    };
+    let calls = maintainer_script("postinst", &["configure", ""], "");
+    assert!(calls.iter().any(|c| c == "daemon-reload"), "the postinst did not reload systemd: {calls:?}");
+    assert!(
+        calls.iter().any(|c| c == "enable imagefactoryd.service"),
+        "the postinst did not enable the API unit: {calls:?}"
+    );
+    let worker_calls: Vec<&String> = calls.iter().filter(|c| c.contains("imagefactoryd-worker")).collect();
+    assert_eq!(worker_calls, ["try-restart imagefactoryd-worker.service"], "the postinst's calls for the worker");
+    // An upgrade (a version in $2) enables nothing.
+    let calls = maintainer_script("postinst", &["configure", "0.0.1"], "");
+    assert!(!calls.iter().any(|c| c.starts_with("enable")), "an upgrade enabled a unit: {calls:?}");
+    let wants_links = |unit_name: &str| -> Vec<PathBuf> {
+        std::fs::read_dir(root.join("etc/systemd/system"))
+            .expect("the root's /etc/systemd/system")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".wants"))
+            .map(|e| e.path().join(unit_name))
+            .filter(|p| p.symlink_metadata().is_ok())
+            .collect()
+    };
+    assert_eq!(
+        wants_links("imagefactoryd.service"),
+        vec![root.join("etc/systemd/system/multi-user.target.wants/imagefactoryd.service")],
+        "the postinst did not enable the API unit (so the next check proves nothing)"
+    );
+    let worker_links = wants_links("imagefactoryd-worker.service");
+    assert!(worker_links.is_empty(), "the package enabled the worker unit: {worker_links:?}");
+    let enabled = in_root(&root, &["systemctl", "--root=/", "is-enabled", "imagefactoryd-worker.service"])
+        .output()
+        .expect("systemctl is-enabled");
+    assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "disabled", "systemctl is-enabled of the worker unit");
+    // prerm on remove stops the worker only if it runs (and the API daemon always).
+    let calls = maintainer_script("prerm", &["remove"], "imagefactoryd-worker.service");
+    assert!(calls.iter().any(|c| c == "stop imagefactoryd-worker.service"), "prerm left the worker running: {calls:?}");
+    assert!(calls.iter().any(|c| c == "stop imagefactoryd.service"), "prerm left the API daemon running: {calls:?}");
+    let calls = maintainer_script("prerm", &["remove"], "");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("stop imagefactoryd-worker")),
+        "prerm stopped a stopped worker: {calls:?}"
+    );
+    std::fs::remove_dir_all(&shim_dir).expect("remove the systemctl stand-in");
+    if made_run_systemd {
+        std::fs::remove_dir(&run_systemd).expect("remove /run/systemd/system from the root");
+    }
+
+    // The worker's ExecStart as its user with the shipped config (the file store):
+    // refused in one line, exit 1, never taking jobs.
+    let mut args: Vec<String> =
+        vec!["setpriv".into(), format!("--reuid={user}"), format!("--regid={user}"), "--init-groups".into()];
+    args.extend(worker_exec.split_whitespace().map(str::to_string));
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let worker_log = dir.path().join("worker.log");
+    let worker_out = dir.path().join("worker.out");
+    let mut worker = Service(
+        in_root(&root, &arg_refs)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&worker_out).expect("a file for the worker's stdout"))
+            .stderr(std::fs::File::create(&worker_log).expect("a file for the worker's stderr"))
+            .spawn()
+            .expect("start the worker in the root"),
+    );
+    let status = wait_for(Duration::from_secs(60), "the worker with a file-store config to exit", || {
+        worker.0.try_wait().expect("the worker's status")
+    });
+    drop(worker);
+    let stderr = std::fs::read_to_string(&worker_log).unwrap_or_default();
+    let stdout = std::fs::read_to_string(&worker_out).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "the worker with a file-store config: {status}\n{stdout}\n{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>(),
+        vec![r#"imagefactoryd: --worker needs "image_manager": "postgres" (the job queue is in the database)"#],
+        "not the one-line refusal:\n{stderr}"
+    );
+    assert!(!stdout.contains("taking jobs"), "the worker took jobs with a file-store config:\n{stdout}");
 
     // The operator's steps: a client, a loopback port, the MockOS plugin in plugins.d.
     let conf_path = root.join("etc/imagefactory/imagefactory.conf");
