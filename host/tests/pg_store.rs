@@ -142,3 +142,56 @@ fn an_unreachable_server_at_open_is_one_line() {
     };
     assert!(err.contains(&format!("127.0.0.1:{port}/db")) && !err.contains("pw@") && !err.contains('\n'), "{err}");
 }
+
+#[test]
+fn prepared_statements_survive_a_lost_connection_and_a_changed_table() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = PgStore::open(&pg.url(), dir.path()).unwrap();
+    let mut base = record(ImageKind::BaseImage, B1);
+    base.created = 1;
+    store.add(&base).unwrap();
+    let mut target = record(ImageKind::TargetImage, T1);
+    target.created = 2;
+    target.base_image_id = Some(B1.into());
+    store.add(&target).unwrap();
+    let children = Query { base_image_id: Some(B1.into()), ..Query::kind(ImageKind::TargetImage) };
+    // Every hot statement prepared (and cached) on the one pooled connection.
+    for _ in 0..2 {
+        assert_eq!(store.get(B1).unwrap().unwrap(), base);
+        assert_eq!(store.query_ids(&children).unwrap(), vec![T1.to_string()]);
+        store.generation().unwrap();
+    }
+    let backends = |pg: &PgServer| {
+        pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'imagefactoryd'").trim().to_string()
+    };
+    let before = backends(&pg);
+    assert!(!before.is_empty(), "the store keeps a pooled connection");
+
+    // The server ends the pooled connection (an administrator, a failover, a restart).
+    pg.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'imagefactoryd' AND pid <> pg_backend_pid()",
+    );
+    testkit::wait_until(Duration::from_secs(10), "the terminated backend to be gone", || backends(&pg).is_empty());
+    // The call that finds the connection dead runs again on a new one, which prepares
+    // its statements afresh: no error reaches the caller.
+    assert_eq!(store.get(B1).unwrap().unwrap(), base, "the first call after the loss");
+    let after = backends(&pg);
+    assert!(!after.is_empty() && after != before, "a new connection: {before} then {after}");
+    assert_eq!(store.query_ids(&children).unwrap(), vec![T1.to_string()]);
+    store.generation().unwrap();
+    base.status = Status::Complete;
+    store.save(&base).unwrap();
+    store.append_log(B1, "INFO after the loss");
+    assert_eq!(store.build_log(B1).unwrap(), "INFO after the loss\n");
+    assert_eq!(store.get(B1).unwrap().unwrap(), base);
+    assert_eq!(backends(&pg), after, "all of it on that one connection");
+
+    // A statement prepared before the table changed (a newer daemon migrated) no longer
+    // runs as prepared ("cached plan must not change result type"): it is prepared again.
+    pg.psql("ALTER TABLE images ALTER COLUMN record TYPE varchar");
+    assert_eq!(store.get(B1).unwrap().unwrap(), base, "get after the table changed");
+    assert_eq!(store.query(&children).unwrap().len(), 1);
+    assert_eq!(backends(&pg), after, "the same connection, its cache emptied");
+}

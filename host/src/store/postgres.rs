@@ -15,16 +15,21 @@
 //! - **Unavailable database.** Every call returns [`StoreError::Unavailable`] with one
 //!   line (the API answers 503); a pooled connection that died is dropped and the call
 //!   retried once on a new one, so the store recovers by itself when the server is back.
+//! - **Prepared statements.** Each pooled connection keeps the statements it prepared
+//!   (`Conn`), so a hot query is one round trip instead of two; a new connection starts
+//!   with none, and one that went stale (the table changed) is prepared again.
 //!
 //! The URL may carry a password: it is never logged or put in an error; messages name the
 //! server as `host:port/database`.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Row, Statement};
 
 use super::{is_plain_id, Bodies, BuildLock, ImageStore, Query, StoreError};
 use crate::image::ImageRecord;
@@ -54,12 +59,98 @@ pub struct PgStore {
 /// Log lines held while the server is away; older ones are dropped beyond this.
 const MAX_PENDING_LOG: usize = 10_000;
 
+/// Distinct statements one connection keeps prepared; past this the cache starts over
+/// (the store's statements are a few dozen: the fixed ones, and the WHERE clauses a
+/// [`Query`] can make, twice).
+const MAX_STATEMENTS: usize = 128;
+
+/// A pooled connection and the statements prepared on it, by their SQL.
+///
+/// The `postgres` crate prepares a statement given as text on every call (a round trip
+/// of its own before the query's); one prepared here once is executed in one. Prepared
+/// statements live and die with their server session: a new connection (after the old
+/// one died) starts with an empty cache.
+pub(super) struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn { client, statements: HashMap::new() }
+    }
+
+    /// The statement for `sql`, prepared on this connection the first time it is asked for.
+    pub(super) fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// [`Client::execute`], through the cache.
+    pub(super) fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.execute(&s, params)
+    }
+
+    /// [`Client::query`], through the cache.
+    pub(super) fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query(&s, params)
+    }
+
+    /// [`Client::query_one`], through the cache.
+    pub(super) fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query_one(&s, params)
+    }
+
+    /// [`Client::query_opt`], through the cache.
+    pub(super) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.client.query_opt(&s, params)
+    }
+
+    /// The connection itself (transactions: prepare their statements first, with
+    /// [`Conn::statement`]).
+    pub(super) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// A cached statement the server no longer has or can no longer run as prepared: gone
+/// from the session (`DISCARD ALL`, a pooler between us and the server), or planned
+/// against a table whose columns have changed since (a newer daemon migrated).
+fn stale_statement(e: &postgres::Error) -> bool {
+    match e.code() {
+        Some(c) if *c == SqlState::INVALID_SQL_STATEMENT_NAME => true,
+        Some(c) if *c == SqlState::FEATURE_NOT_SUPPORTED => {
+            e.as_db_error().is_some_and(|db| db.message().contains("cached plan"))
+        }
+        _ => false,
+    }
+}
+
 /// Connections to one server, opened on demand and kept while idle.
 pub(super) struct Pool {
     config: postgres::Config,
     /// `host:port/database`, for messages (never the URL: it may hold a password).
     name: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Pool {
@@ -67,46 +158,52 @@ impl Pool {
         self.config.connect(NoTls).map_err(|e| self.unavailable(&e))
     }
 
-    fn take(&self) -> Result<Client, StoreError> {
+    fn take(&self) -> Result<Conn, StoreError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match pooled {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => self.connect(),
+            _ => self.connect().map(Conn::new),
         }
     }
 
-    fn give_back(&self, client: Client) {
-        if client.is_closed() {
+    fn give_back(&self, conn: Conn) {
+        if conn.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(client);
+            idle.push(conn);
         }
     }
 
     /// Runs `f` on a pooled connection. When it fails because the connection was dead (the
-    /// server restarted since it was pooled), runs it once more on a new one.
-    pub(super) fn with<T>(
-        &self,
-        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, StoreError> {
-        let mut client = self.take()?;
-        match f(&mut client) {
+    /// server restarted since it was pooled), runs it once more on a new one; when it
+    /// fails because a cached statement went stale, once more on the same connection
+    /// with its cache emptied.
+    pub(super) fn with<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>) -> Result<T, StoreError> {
+        let mut conn = self.take()?;
+        match f(&mut conn) {
             Ok(v) => {
-                self.give_back(client);
+                self.give_back(conn);
                 Ok(v)
             }
-            Err(e) if client.is_closed() || e.is_closed() => {
+            Err(e) if conn.is_closed() || e.is_closed() => {
                 tracing::info!(server = %self.name, error = %e, "a pooled database connection was dead; retrying on a new one");
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                let mut fresh = self.connect()?;
+                let mut fresh = Conn::new(self.connect()?);
                 let v = f(&mut fresh).map_err(|e| self.unavailable(&e))?;
                 self.give_back(fresh);
                 Ok(v)
             }
+            Err(e) if stale_statement(&e) => {
+                tracing::info!(server = %self.name, error = %e, "a prepared statement went stale; preparing again");
+                conn.statements.clear();
+                let result = f(&mut conn);
+                self.give_back(conn);
+                result.map_err(|e| self.unavailable(&e))
+            }
             Err(e) => {
-                self.give_back(client);
+                self.give_back(conn);
                 Err(self.unavailable(&e))
             }
         }
@@ -319,10 +416,15 @@ impl ImageStore for PgStore {
         }
         self.bodies.remove(id)?;
         self.pool.with(|c| {
-            let mut tx = c.transaction()?;
-            tx.execute("DELETE FROM image_log WHERE image_id = $1", &[&id])?;
-            tx.execute("DELETE FROM jobs WHERE image_id = $1", &[&id])?;
-            tx.execute("DELETE FROM images WHERE id = $1", &[&id])?;
+            let statements = [
+                c.statement("DELETE FROM image_log WHERE image_id = $1")?,
+                c.statement("DELETE FROM jobs WHERE image_id = $1")?,
+                c.statement("DELETE FROM images WHERE id = $1")?,
+            ];
+            let mut tx = c.client().transaction()?;
+            for s in &statements {
+                tx.execute(s, &[&id])?;
+            }
             tx.commit()
         })
     }
@@ -333,9 +435,14 @@ impl ImageStore for PgStore {
         let mut pending = self.pending_log.lock().unwrap_or_else(|p| p.into_inner());
         pending.push((id.to_string(), line.replace('\n', " ")));
         let res = self.pool.with(|c| {
-            let mut tx = c.transaction()?;
+            let insert = c.statement("INSERT INTO image_log (image_id, line) VALUES ($1, $2)")?;
+            // One line (the usual case) needs no transaction: one round trip.
+            if let [(id, text)] = pending.as_slice() {
+                return c.client().execute(&insert, &[id, text]).map(drop);
+            }
+            let mut tx = c.client().transaction()?;
             for (id, text) in pending.iter() {
-                tx.execute("INSERT INTO image_log (image_id, line) VALUES ($1, $2)", &[id, text])?;
+                tx.execute(&insert, &[id, text])?;
             }
             tx.commit()
         });
