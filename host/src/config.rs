@@ -50,13 +50,52 @@ pub struct ImageManagerArgs {
     pub storage_path: PathBuf,
     /// `postgres://USER[:PASSWORD]@HOST:PORT/DB`. Never logged: it may hold a password.
     pub url: Option<String>,
-    /// The directory of bodies and kept files that every daemon on the database mounts.
+    /// Where bodies and kept files are for every daemon on the database: a directory
+    /// they all mount, or `s3://BUCKET/PREFIX` (each machine then keeps its copies in
+    /// `storage_path`).
     pub bodies: Option<PathBuf>,
+    /// The S3 endpoint (MinIO, Ceph, moto); else `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`,
+    /// else AWS itself.
+    pub s3_endpoint: Option<String>,
+    /// Else `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
+    pub s3_region: Option<String>,
+    /// Else `AWS_ACCESS_KEY_ID` (with `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`).
+    pub s3_access_key_id: Option<String>,
+    /// Never logged.
+    pub s3_secret_access_key: Option<String>,
+}
+
+impl ImageManagerArgs {
+    /// The object storage URL `bodies` gives, if it gives one.
+    pub fn bodies_url(&self) -> Option<&str> {
+        self.bodies.as_deref().and_then(|b| b.to_str()).filter(|b| b.starts_with("s3://"))
+    }
+
+    /// The object store's settings (config keys, then the AWS environment).
+    pub fn object_settings(&self) -> Option<Result<crate::store::objects::ObjectSettings, String>> {
+        let url = self.bodies_url()?;
+        let config = crate::store::objects::ObjectConfig {
+            url,
+            endpoint: self.s3_endpoint.as_deref(),
+            region: self.s3_region.as_deref(),
+            access_key_id: self.s3_access_key_id.as_deref(),
+            secret_access_key: self.s3_secret_access_key.as_deref(),
+        };
+        Some(crate::store::objects::ObjectSettings::resolve(&config, |n| std::env::var(n).ok()))
+    }
 }
 
 impl Default for ImageManagerArgs {
     fn default() -> ImageManagerArgs {
-        ImageManagerArgs { storage_path: PathBuf::from("/var/lib/imagefactory/storage"), url: None, bodies: None }
+        ImageManagerArgs {
+            storage_path: PathBuf::from("/var/lib/imagefactory/storage"),
+            url: None,
+            bodies: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+        }
     }
 }
 
@@ -67,6 +106,10 @@ impl std::fmt::Debug for ImageManagerArgs {
             .field("storage_path", &self.storage_path)
             .field("url", &self.url.as_ref().map(|_| "(set)"))
             .field("bodies", &self.bodies)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id.as_ref().map(|_| "(set)"))
+            .field("s3_secret_access_key", &self.s3_secret_access_key.as_ref().map(|_| "(set)"))
             .finish()
     }
 }
@@ -286,8 +329,10 @@ impl Config {
         };
         config.plugins.iter_mut().for_each(anchor);
         anchor(&mut config.image_manager_args.storage_path);
-        if let Some(bodies) = config.image_manager_args.bodies.as_mut() {
-            anchor(bodies);
+        if config.image_manager_args.bodies_url().is_none() {
+            if let Some(bodies) = config.image_manager_args.bodies.as_mut() {
+                anchor(bodies);
+            }
         }
         if let Some(tc) = config.target_content.as_mut() {
             anchor(tc);
@@ -304,9 +349,14 @@ impl Config {
                 let url = args.url.as_deref().ok_or("image_manager \"postgres\" needs image_manager_args.url")?;
                 crate::store::postgres::parse_url(url)?;
                 match &args.bodies {
-                    None => return Err("image_manager \"postgres\" needs image_manager_args.bodies (a directory every daemon mounts)".into()),
+                    None => return Err("image_manager \"postgres\" needs image_manager_args.bodies (s3://BUCKET/PREFIX, or a directory every daemon mounts)".into()),
+                    Some(_) if args.bodies_url().is_some() => {
+                        if let Some(Err(e)) = args.object_settings() {
+                            return Err(format!("image_manager_args.bodies: {e}"));
+                        }
+                    }
                     Some(b) if b.to_string_lossy().contains("://") => {
-                        return Err("image_manager_args.bodies: object storage URLs are not supported yet; give a directory every daemon mounts".into())
+                        return Err("image_manager_args.bodies: only s3:// URLs are object storage; give s3://BUCKET/PREFIX or a directory every daemon mounts".into())
                     }
                     Some(_) => {}
                 }

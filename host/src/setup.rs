@@ -112,10 +112,30 @@ pub fn engine(config: &Config, extra_plugin_dirs: &[PathBuf]) -> Result<Engine, 
     Ok(Engine::new(store, plugins, engine_config))
 }
 
-/// The store the config names: the file store, or PostgreSQL with a shared bodies directory.
+/// The store the config names: the file store, or PostgreSQL with bodies in object
+/// storage or a shared directory.
 pub fn open_store(config: &Config) -> Result<Box<dyn ImageStore>, StoreError> {
     let args = &config.image_manager_args;
     match (config.image_manager.as_str(), &args.url, &args.bodies) {
+        ("postgres", Some(url), Some(_)) if args.bodies_url().is_some() => {
+            let settings = match args.object_settings() {
+                Some(Ok(s)) => s,
+                // Config::validate refuses settings that do not resolve.
+                Some(Err(e)) => return Err(StoreError::Unusable(format!("image_manager_args.bodies: {e}"))),
+                None => return Err(StoreError::Unusable("image_manager_args.bodies is not an s3:// URL".into())),
+            };
+            let objects = crate::store::objects::ObjectStore::connect(&settings)?;
+            match objects.check_bucket() {
+                Ok(()) => {}
+                // An endpoint that is down now may be up for the first build.
+                Err(StoreError::Unavailable(e)) => tracing::warn!(error = %e, "cannot reach object storage yet"),
+                Err(e) => {
+                    return Err(StoreError::Unusable(format!("image_manager_args.bodies {}: {e}", objects.url())))
+                }
+            }
+            let bodies = crate::store::Bodies::with_objects(config.storage_path(), objects)?;
+            Ok(Box::new(PgStore::open_with(url, bodies)?))
+        }
         ("postgres", Some(url), Some(bodies)) => Ok(Box::new(PgStore::open(url, bodies)?)),
         // Config::validate refuses "postgres" without both.
         _ => Ok(Box::new(FileStore::open(config.storage_path())?)),

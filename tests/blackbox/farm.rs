@@ -1,15 +1,20 @@
 //! Daemons sharing one PostgreSQL store (`"image_manager": "postgres"`): what one daemon
 //! builds, the other sees at once, identically; a database that goes away gives 503s
 //! with one line and the daemons recover when it returns; bad store settings stop the
-//! start with one line. Each daemon has its own work directory, as on separate machines;
-//! they share the database and the bodies directory.
+//! start with one line (object storage settings too: a bad bucket name or scheme,
+//! missing keys, a bucket that is not there). Each daemon has its own work directory, as
+//! on separate machines; they share the database and the bodies directory.
 
 use std::process::Command;
 use std::time::Duration;
 
 use imagefactory_blackbox::{imagefactoryd_bin, mock_tdl, run_cmd, Daemon, DaemonOptions};
 use serde_json::{json, Value};
+use testkit::moto::Moto;
 use testkit::postgres::PgServer;
+
+/// The S3 secret key of the bad settings; it must never be printed.
+const S3_SECRET: &str = "farm-test-s3-secret-key";
 
 fn farm_daemon(pg: &PgServer, bodies: &std::path::Path) -> Daemon {
     let mut extra = serde_json::Map::new();
@@ -90,6 +95,7 @@ fn a_database_outage_gives_503_with_one_line_and_the_daemon_recovers() {
 #[test]
 fn bad_store_settings_stop_the_start_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
     let port = testkit::free_port();
     let cases: Vec<(Value, &str)> = vec![
         (json!({"image_manager": "postgres", "image_manager_args": {"bodies": "b"}}), "needs image_manager_args.url"),
@@ -106,16 +112,44 @@ fn bad_store_settings_stop_the_start_with_one_line() {
             "unavailable",
         ),
         (json!({"image_manager": "mongodb"}), "\"file\" or \"postgres\""),
+        (
+            json!({"image_manager": "postgres", "image_manager_args": {"url": "postgres://u:pw@h/db", "bodies": "s3://Not_A_Bucket/x"}}),
+            "is not a valid S3 bucket name",
+        ),
+        (
+            json!({"image_manager": "postgres", "image_manager_args": {"url": "postgres://u:pw@h/db", "bodies": "ftp://h/x"}}),
+            "only s3:// URLs are object storage",
+        ),
+        (
+            json!({"image_manager": "postgres", "image_manager_args": {"url": "postgres://u:pw@h/db", "bodies": "s3://farm-bodies/x"}}),
+            "need keys: set AWS_ACCESS_KEY_ID",
+        ),
+        (
+            json!({"image_manager": "postgres", "image_manager_args": {
+                "url": "postgres://u:pw@h/db", "bodies": "s3://farm-bodies/x", "s3_endpoint": "ftp://h",
+                "s3_access_key_id": "AKIDFARM", "s3_secret_access_key": S3_SECRET}}),
+            "is not an http(s) URL",
+        ),
+        (
+            json!({"image_manager": "postgres", "image_manager_args": {
+                "url": "postgres://u:pw@h/db", "bodies": "s3://no-such-bucket/x", "s3_endpoint": moto.endpoint,
+                "s3_access_key_id": "AKIDFARM", "s3_secret_access_key": S3_SECRET}}),
+            "the bucket no-such-bucket does not exist",
+        ),
     ];
     for (config, expected) in cases {
         let path = dir.path().join("imagefactory.conf");
         std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
         let mut cmd = Command::new(imagefactoryd_bin());
         cmd.args(["--foreground", "--no_ssl", "--no_oauth", "--port", "0", "--config"]).arg(&path);
+        for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
+            cmd.env_remove(var);
+        }
         let out = run_cmd(cmd, Duration::from_secs(30));
         assert_ne!(out.code, 0, "{config} was accepted");
         let last = out.stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
         assert!(last.contains(expected), "{config}: expected {expected:?} in the last line, got:\n{}", out.stderr);
         assert!(!out.stderr.contains("pw@"), "the URL's password leaked: {}", out.stderr);
+        assert!(!out.stderr.contains(S3_SECRET), "the S3 secret key leaked: {}", out.stderr);
     }
 }

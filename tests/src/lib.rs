@@ -250,6 +250,15 @@ impl Default for DaemonOptions {
     }
 }
 
+/// Puts `image_manager_args.storage_path` (the machine's own copies of bodies kept in
+/// object storage, and a file store's records) in the process's own directory when the
+/// config does not name one, so that no test process writes to the system default.
+fn keep_local_storage(config: &mut Value, storage: &Path) {
+    if let Some(Value::Object(args)) = config.get_mut("image_manager_args") {
+        args.entry("storage_path").or_insert_with(|| serde_json::json!(storage));
+    }
+}
+
 /// A running `imagefactoryd` over a temporary directory (`storage/`, `plugins/`, `tmp/`,
 /// `imagefactory.conf`, and `daemon.log` with its stderr). Killed and reaped on drop.
 pub struct Daemon {
@@ -285,6 +294,7 @@ impl Daemon {
         if let Value::Object(map) = &mut config {
             map.extend(opts.extra_config.clone());
         }
+        keep_local_storage(&mut config, &dir.path().join("storage"));
         std::fs::write(dir.path().join("imagefactory.conf"), serde_json::to_vec_pretty(&config).unwrap())
             .expect("write the config");
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
@@ -581,7 +591,8 @@ pub struct WorkerOptions {
     pub name: String,
     /// The PostgreSQL store's URL (`image_manager_args.url`).
     pub pg_url: String,
-    /// The shared bodies directory (`image_manager_args.bodies`).
+    /// The shared bodies (`image_manager_args.bodies`): a directory, or an `s3://` URL
+    /// (the endpoint and keys then in `env` or `extra_config`).
     pub bodies: PathBuf,
     /// Copy libmock_os.so into the plugin directory.
     pub mock_os: bool,
@@ -648,6 +659,7 @@ impl Worker {
         if let Value::Object(map) = &mut config {
             map.extend(opts.extra_config.clone());
         }
+        keep_local_storage(&mut config, &dir.path().join("storage"));
         let conf = dir.path().join("imagefactory.conf");
         std::fs::write(&conf, serde_json::to_vec_pretty(&config).unwrap()).expect("write the config");
         let log_path = dir.path().join("worker.log");

@@ -14,6 +14,7 @@ mod body;
 mod events;
 mod listing;
 mod middleware;
+mod objects;
 mod openapi;
 mod represent;
 mod routes;
@@ -316,6 +317,17 @@ async fn raw_image(
         move || engine.get(&id)
     })
     .await??;
+    if let Some(objects) = st.engine.store().bodies().objects() {
+        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+        let missing = format!("The body of image {id} is not in object storage (its build has not completed)");
+        let mut resp =
+            objects::serve(objects, &objects.body_key(&rec.identifier), range, "application/octet-stream", missing)
+                .await?;
+        if let Ok(v) = format!("attachment; filename=\"{id}.body\"").parse() {
+            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+        return Ok(resp);
+    }
     let path = st.engine.store().body_path(&rec.identifier);
     let resp = tower_http::services::ServeFile::new_with_mime(
         &path,
@@ -341,7 +353,11 @@ async fn build_log(State(st): State<ApiState>, Path(p): Path<std::collections::H
 async fn list_files(State(st): State<ApiState>, Path(p): Path<std::collections::HashMap<String, String>>) -> ApiResult {
     let id = last_param(&p);
     let engine = st.engine.clone();
-    let names = blocking(move || engine.get(&id).map(|rec| engine.store().kept_files(&rec.identifier))).await??;
+    let names = blocking(move || {
+        let rec = engine.get(&id)?;
+        engine.store().kept_files(&rec.identifier).map_err(EngineError::from)
+    })
+    .await??;
     Ok(Json(json!({ "files": names })).into_response())
 }
 
@@ -354,17 +370,21 @@ async fn get_file(
     let id = last_param(&p);
     let name = p.get("name").cloned().unwrap_or_default();
     let engine = st.engine.clone();
-    let path = blocking({
-        let name = name.clone();
-        move || engine.get(&id).map(|rec| engine.store().kept_file(&rec.identifier, &name))
-    })
-    .await??
-    .ok_or_else(|| ApiError::not_found(format!("No file {name} kept with this image")))?;
-    let mime = match path.extension().and_then(|e| e.to_str()) {
+    let rec = blocking(move || engine.get(&id)).await??;
+    let mime = match std::path::Path::new(&name).extension().and_then(|e| e.to_str()) {
         Some("png") => "image/png",
         Some("log" | "txt" | "cfg" | "ks" | "xml" | "json") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     };
+    let missing = format!("No file {name} kept with this image");
+    if let Some(objects) = st.engine.store().bodies().objects() {
+        if !crate::store::is_plain_file_name(&name) {
+            return Err(ApiError::not_found(missing));
+        }
+        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
+        return objects::serve(objects, &objects.file_key(&rec.identifier, &name), range, mime, missing).await;
+    }
+    let path = st.engine.store().kept_file(&rec.identifier, &name).ok_or_else(|| ApiError::not_found(missing))?;
     let resp = tower_http::services::ServeFile::new_with_mime(
         &path,
         &mime.parse().map_err(|_| ApiError::bad_request("mime"))?,

@@ -117,6 +117,12 @@ pub(super) fn run(inner: &Arc<Inner>, id: &str, job: &Job, plan: Plan) {
     secrets.extend(template.as_deref().and_then(crate::template::root_password));
     let build = Build { inner, id, job, secrets, last_percent: std::cell::Cell::new((None, 0)) };
     let is_delete = matches!(plan, Plan::Delete { .. });
+    if !is_delete {
+        // The record may come from a daemon on another machine: this one needs a body file.
+        if let Err(e) = inner.store.bodies().prepare(id) {
+            tracing::warn!(error = %e, "cannot create the local body file");
+        }
+    }
     let outcome = match plan {
         Plan::Base { plugin } => build.base_cached(&plugin),
         Plan::Target { base_id, os, cloud } => build.target_cached(&base_id, &os, &cloud),
@@ -268,7 +274,7 @@ impl Build<'_> {
         };
         let sha256 = match known_sha256 {
             Some(s) => s.to_string(),
-            None => sbom::sha256_file(std::path::Path::new(&rec.data))
+            None => sbom::sha256_file(&self.inner.store.body_path(self.id))
                 .map_err(|e| Failure::msg(format!("cannot read the image body to hash it: {e}")))?,
         };
         let base_ref = match (base_id, base_file.as_deref(), &base_doc) {
@@ -311,6 +317,7 @@ impl Build<'_> {
     /// written and kept in the cache.
     fn target_cached(&self, base_id: &str, os: &ResolvedPlugin, cloud: &ResolvedPlugin) -> Step<()> {
         let base = self.wait_for_parent(base_id, "BaseImage", "TargetImage")?;
+        self.fetch(base_id, "base image")?;
         let rec = self.current()?;
         let key = self.target_key(&base, os, cloud, &rec);
         if let Some(k) = &key {
@@ -347,7 +354,7 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
-        let state = match self.call(plugin, Operation::SourceState(req), Path::new(&rec.data), 0, 0) {
+        let state = match self.call(plugin, Operation::SourceState(req), &self.inner.store.body_path(self.id), 0, 0) {
             Ok(v) => serde_json::from_value::<Option<SourceState>>(v).map_err(|e| e.to_string()),
             Err(Failure::Cancelled) => return Err(Failure::Cancelled),
             Err(Failure::Error { cause, .. }) => Err(cause),
@@ -416,7 +423,7 @@ impl Build<'_> {
         };
         self.set_status(Status::Building, &format!("Reusing the build of image {} (build cache)", info.source_image));
         let files = self.inner.store.files_dir(self.id);
-        let shared = match self.inner.cache.restore(&info, Path::new(&rec.data), &files) {
+        let shared = match self.inner.cache.restore(&info, &self.inner.store.body_path(self.id), &files) {
             Ok(s) => s,
             Err(e) => {
                 self.log("WARN", &format!("build cache: cannot reuse entry {key} ({e}); building"));
@@ -448,7 +455,7 @@ impl Build<'_> {
         let Ok(rec) = self.current() else { return };
         let mut properties = rec.properties.clone();
         properties.remove("cached_from");
-        let body = Path::new(&rec.data);
+        let body = &self.inner.store.body_path(self.id);
         let info = super::cache::EntryInfo {
             key: key.to_string(),
             source_image: self.id.to_string(),
@@ -467,8 +474,45 @@ impl Build<'_> {
         }
     }
 
+    /// Brings an image this build reads (a parent, an image named in the parameters) to
+    /// this machine when bodies live in object storage; waits out an outage.
+    fn fetch(&self, id: &str, what: &str) -> Step<()> {
+        let bodies = self.inner.store.bodies();
+        if bodies.objects().is_none() {
+            return Ok(());
+        }
+        self.activity(&format!("Fetching {what} {id} from object storage"));
+        crate::store::retry_while_unavailable(DURABLE_WRITE_BOUND, "fetch an image from object storage", || {
+            bodies.fetch(id)
+        })
+        .map_err(|e| Failure::msg(format!("cannot fetch {what} {id}: {e}")))
+    }
+
+    /// Sends what this build made to object storage, when bodies live there: the kept
+    /// files always (a failed build's console log), the body when it completed. Waits out
+    /// an outage; the image is COMPLETE only once its body is stored.
+    fn publish(&self, with_body: bool) -> Step<()> {
+        let bodies = self.inner.store.bodies();
+        if bodies.objects().is_none() {
+            return Ok(());
+        }
+        if with_body {
+            self.activity("Storing the image in object storage");
+        }
+        crate::store::retry_while_unavailable(DURABLE_WRITE_BOUND, "store the image in object storage", || {
+            bodies.publish(self.id, with_body)
+        })
+        .map_err(|e| Failure::msg(format!("cannot store the image in object storage: {e}")))
+    }
+
     /// Records the end of a build: COMPLETE, or FAILED with the one-line error.
     fn end(&self, outcome: Step<()>) {
+        let outcome = outcome.and_then(|()| self.publish(true));
+        if outcome.is_err() {
+            if let Err(Failure::Error { cause, .. }) = self.publish(false) {
+                tracing::warn!(error = %cause, "cannot store the failed build's files");
+            }
+        }
         match outcome {
             Ok(()) => {
                 let kind = self.record().map(|r| r.kind.class()).unwrap_or("Image");
@@ -602,7 +646,7 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
-        let out = self.call(plugin, Operation::CreateBaseImage(req), Path::new(&rec.data), 0, 99)?;
+        let out = self.call(plugin, Operation::CreateBaseImage(req), &self.inner.store.body_path(self.id), 0, 99)?;
         let out: BaseImageOutcome = decode(out)?;
         self.update(|r| {
             r.icicle = out.icicle;
@@ -620,10 +664,15 @@ impl Build<'_> {
                 continue;
             }
             if let Ok(Some(r)) = self.inner.store.get(id) {
+                if r.status == Status::Complete {
+                    if let Err(Failure::Error { cause, .. }) = self.fetch(id, "image") {
+                        self.log("WARN", &format!("image {id}, named in the parameters: {cause}"));
+                    }
+                }
                 let image = ImageRef {
                     kind: r.kind.singular().to_string(),
                     status: r.status.as_str().to_string(),
-                    body_path: r.data.clone(),
+                    body_path: self.inner.store.body_path(id).to_string_lossy().into_owned(),
                     template: r.template.clone(),
                 };
                 images.insert(id.to_string(), image);
@@ -644,7 +693,7 @@ impl Build<'_> {
         let hook = TargetHookRequest {
             image_id: self.id.to_string(),
             base_image_id: base_id.to_string(),
-            base_body_path: base.data.clone(),
+            base_body_path: self.inner.store.body_path(base_id).to_string_lossy().into_owned(),
             target: target.clone(),
             template,
             parameters: rec.parameters.clone(),
@@ -652,7 +701,7 @@ impl Build<'_> {
             content: host_content.clone(),
             images: self.images_named_in(&rec.parameters),
         };
-        let body = Path::new(&rec.data);
+        let body = &self.inner.store.body_path(self.id);
         let should: ShouldCreate =
             decode(self.call(cloud, Operation::BuilderShouldCreateTargetImage(hook.clone()), body, 0, 2)?)?;
         let mut content: TargetContent =
@@ -666,7 +715,7 @@ impl Build<'_> {
             let req = TargetImageRequest {
                 image_id: self.id.to_string(),
                 base_image_id: base_id.to_string(),
-                base_body_path: base.data.clone(),
+                base_body_path: self.inner.store.body_path(base_id).to_string_lossy().into_owned(),
                 target,
                 template: hook.template.clone(),
                 parameters: hook.parameters.clone(),
@@ -699,6 +748,7 @@ impl Build<'_> {
 
     fn push(&self, target_id: &str, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
         let target = self.wait_for_parent(target_id, "TargetImage", "ProviderImage")?;
+        self.fetch(target_id, "target image")?;
         let _slot = self.acquire_slot()?;
         let rec = self.current()?;
         self.set_status(Status::Building, &format!("Pushing target image {target_id} to the provider"));
@@ -706,7 +756,7 @@ impl Build<'_> {
         let req = PushRequest {
             image_id: self.id.to_string(),
             target_image_id: target_id.to_string(),
-            target_body_path: target.data.clone(),
+            target_body_path: self.inner.store.body_path(target_id).to_string_lossy().into_owned(),
             provider,
             credentials,
             target: rec.target.clone().unwrap_or_default(),
@@ -714,8 +764,13 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
-        let out: ProviderOutcome =
-            decode(self.call(cloud, Operation::PushImageToProvider(req), Path::new(&rec.data), 0, 99)?)?;
+        let out: ProviderOutcome = decode(self.call(
+            cloud,
+            Operation::PushImageToProvider(req),
+            &self.inner.store.body_path(self.id),
+            0,
+            99,
+        )?)?;
         self.provider_outcome(out);
         Ok(())
     }
@@ -733,8 +788,13 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
-        let out: ProviderOutcome =
-            decode(self.call(cloud, Operation::SnapshotImageOnProvider(req), Path::new(&rec.data), 0, 99)?)?;
+        let out: ProviderOutcome = decode(self.call(
+            cloud,
+            Operation::SnapshotImageOnProvider(req),
+            &self.inner.store.body_path(self.id),
+            0,
+            99,
+        )?)?;
         self.provider_outcome(out);
         Ok(())
     }
@@ -749,12 +809,12 @@ impl Build<'_> {
 
     fn import(&self, file: &Path) -> Step<()> {
         let _slot = self.acquire_slot()?;
-        let rec = self.current()?;
+        self.current()?;
         self.set_status(Status::Building, &format!("Importing {} with qemu-img", file.display()));
         let out = std::process::Command::new("qemu-img")
             .args(["convert", "-O", "raw"])
             .arg(file)
-            .arg(&rec.data)
+            .arg(self.inner.store.body_path(self.id))
             .output()
             .map_err(|e| Failure::msg(format!("cannot run qemu-img: {e}")))?;
         if !out.status.success() {
@@ -789,7 +849,7 @@ impl Build<'_> {
             };
             // Delete runs even if the image's own build was cancelled: use a fresh flag.
             self.job.cancel.store(false, Ordering::SeqCst);
-            self.call(&cloud, Operation::DeleteFromProvider(req), Path::new(&rec.data), 0, 99)?;
+            self.call(&cloud, Operation::DeleteFromProvider(req), &self.inner.store.body_path(self.id), 0, 99)?;
         }
         self.activity("Removing the image's files");
         Ok(())

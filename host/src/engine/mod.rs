@@ -537,7 +537,7 @@ impl Inner {
         fill: impl FnOnce(&mut ImageRecord),
     ) -> Result<ImageRecord, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let mut rec = ImageRecord::new(kind, id.clone(), self.store.body_path(&id).to_string_lossy().into_owned());
+        let mut rec = ImageRecord::new(kind, id.clone(), self.store.bodies().data_of(&id));
         if let Some(plain) = &template {
             let stored = crate::template::redact_rootpw(plain);
             if &stored != plain {

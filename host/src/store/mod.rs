@@ -13,6 +13,7 @@
 
 mod bodies;
 mod files;
+pub mod objects;
 pub mod postgres;
 mod queue;
 
@@ -45,6 +46,10 @@ pub enum StoreError {
     /// succeed later. One line, without credentials.
     #[error("the image store is unavailable: {0}")]
     Unavailable(String),
+    /// Object storage refused a call for good (a missing object or bucket, refused keys,
+    /// a corrupted upload). One line, without credentials.
+    #[error("{0}")]
+    Objects(String),
     /// The store cannot be used by this version at all (a database schema newer than
     /// this build knows, a bad URL).
     #[error("{0}")]
@@ -190,7 +195,7 @@ impl dyn ImageStore + '_ {
         self.bodies().write_file(id, name, bytes)
     }
 
-    pub fn kept_files(&self, id: &str) -> Vec<String> {
+    pub fn kept_files(&self, id: &str) -> Result<Vec<String>, StoreError> {
         self.bodies().kept_files(id)
     }
 
@@ -205,7 +210,7 @@ fn is_plain_id(id: &str) -> bool {
 }
 
 /// A kept file's name: letters, digits, `.`, `-`, `_`, not starting with a dot.
-fn is_plain_file_name(name: &str) -> bool {
+pub fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')

@@ -11,17 +11,15 @@
 //! Needs `cargo build -p imagefactory -p mock-os-plugin -p ec2-cloud-plugin` and
 //! scripts/setup.sh (qemu-img, the moto venv); anything missing fails loudly.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ec2_cloud::aws::Aws;
 use ec2_cloud::blocks::EBS_BLOCK_SIZE;
-use testkit::{free_port, service_path, token, ChildGuard, Factory, Run};
+use testkit::moto::Moto;
+use testkit::{free_port, token, Factory, Run};
 
 const MIB: u64 = 1 << 20;
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -30,62 +28,11 @@ const ACCESS_KEY: &str = "AKIDIMAGEFACTORYTEST";
 // -------------------------------------------------------------------------------------
 // moto
 
-/// A moto server on a free loopback port, killed on drop.
-struct Moto {
-    _guard: ChildGuard,
-    _dir: tempfile::TempDir,
-    port: u16,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let bin = service_path("moto-venv/bin/moto_server");
-        let dir = tempfile::Builder::new().prefix("moto-").tempdir().expect("a temporary directory");
-        for _ in 0..3 {
-            let port = free_port();
-            let mut cmd = Command::new(&bin);
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(dir.path().join("moto.out")).expect("log file"))
-                .stderr(std::fs::File::create(dir.path().join("moto.err")).expect("log file"));
-            let mut guard = ChildGuard::spawn(cmd, "moto_server");
-            let mut up = false;
-            for _ in 0..600 {
-                guard.assert_running();
-                if http_get(port, "/moto-api/").is_some() {
-                    up = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if up {
-                return Moto { _guard: guard, _dir: dir, port, endpoint: format!("http://127.0.0.1:{port}") };
-            }
-        }
-        panic!(
-            "moto_server did not answer within 30 s: {}",
-            std::fs::read_to_string(dir.path().join("moto.err")).unwrap_or_default()
-        );
-    }
-
-    /// SDK clients against this moto (the plugin's own client construction).
-    fn aws(&self) -> Aws {
-        let p = ec2_cloud::provider::parse(&provider_json(&self.endpoint, None)).expect("provider");
-        let c = ec2_cloud::credentials::parse(&credentials("test-secret-for-the-test-client")).expect("credentials");
-        Aws::connect(&p, &c).expect("clients")
-    }
-}
-
-/// One GET on loopback; the status line's code, if anything answered.
-fn http_get(port: u16, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut head = [0u8; 32];
-    let n = s.read(&mut head).ok()?;
-    std::str::from_utf8(&head[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+/// SDK clients against a moto (the plugin's own client construction).
+fn aws(moto: &Moto) -> Aws {
+    let p = ec2_cloud::provider::parse(&provider_json(&moto.endpoint, None)).expect("provider");
+    let c = ec2_cloud::credentials::parse(&credentials("test-secret-for-the-test-client")).expect("credentials");
+    Aws::connect(&p, &c).expect("clients")
 }
 
 fn provider_json(endpoint: &str, bucket: Option<&str>) -> String {
@@ -263,7 +210,7 @@ fn image_id_on_provider(run: &Run) -> String {
 #[test]
 fn push_find_the_ami_and_snapshot_then_delete_both() {
     let moto = Moto::start();
-    let aws = moto.aws();
+    let aws = aws(&moto);
     let f = factory();
     let base = base(&f);
 
@@ -342,7 +289,7 @@ fn without_cloud_changes_the_base_is_converted_directly() {
 #[test]
 fn a_cut_block_upload_is_tried_again() {
     let moto = Moto::start();
-    let aws = moto.aws();
+    let aws = aws(&moto);
     let proxy = testkit::proxy::CuttingProxy::start(moto.port, b"PUT /snapshots/", 100 * 1024);
     let f = factory();
     let base = base(&f);
@@ -384,7 +331,7 @@ fn a_cut_block_upload_is_tried_again() {
 #[test]
 fn s3_upload_lands_in_the_bucket_then_import_snapshot_fails_clearly() {
     let moto = Moto::start();
-    let aws = moto.aws();
+    let aws = aws(&moto);
     aws.runtime.block_on(aws.s3.create_bucket().bucket("factory-images").send()).expect("CreateBucket");
     let f = factory();
     let base = base(&f);

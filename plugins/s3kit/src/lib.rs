@@ -15,7 +15,6 @@ pub mod error;
 
 use std::time::Duration;
 
-use aws_credential_types::Credentials;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::behavior_version::BehaviorVersion;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
@@ -23,7 +22,11 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use md5::{Digest, Md5};
 
+pub use aws_credential_types::Credentials;
 pub use aws_sdk_s3;
+/// The SDK's error of one call, for code that maps it with [`AwsError::from_sdk`].
+pub use aws_smithy_runtime_api::client::{orchestrator::HttpResponse, result::SdkError};
+pub use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 pub use error::{AwsError, Failure};
 
 const MIB: u64 = 1 << 20;

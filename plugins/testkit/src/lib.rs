@@ -23,6 +23,7 @@
 pub mod boot;
 pub mod disk;
 pub mod guestkit;
+pub mod moto;
 pub mod postgres;
 pub mod process;
 pub mod proxy;

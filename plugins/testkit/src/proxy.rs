@@ -67,3 +67,66 @@ fn forward(mut client: TcpStream, upstream_port: u16, trigger: &[u8], cut_after:
     let _ = client.shutdown(std::net::Shutdown::Both);
     let _ = back.join();
 }
+
+/// Forwards connections to a loopback port while it is up; [`SwitchProxy::down`] closes
+/// every open connection and refuses new ones (accepted, then closed at once), as a
+/// server that went away would; [`SwitchProxy::up`] lets them through again.
+pub struct SwitchProxy {
+    /// `http://127.0.0.1:<port>` of the proxy.
+    pub endpoint: String,
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl SwitchProxy {
+    pub fn start(upstream_port: u16) -> SwitchProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("the proxy's address").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let (u, o) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if !u.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else { continue };
+                if let (Ok(c), Ok(s)) = (client.try_clone(), upstream.try_clone()) {
+                    o.lock().unwrap_or_else(|p| p.into_inner()).extend([c, s]);
+                }
+                pipe(client, upstream);
+            }
+        });
+        SwitchProxy { endpoint: format!("http://127.0.0.1:{port}"), port, up, open }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for s in self.open.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies both ways between two streams, each way on a thread of its own.
+fn pipe(client: TcpStream, upstream: TcpStream) {
+    let (Ok(mut c_read), Ok(mut u_write)) = (client.try_clone(), upstream.try_clone()) else { return };
+    let (mut u_read, mut c_write) = (upstream, client);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut u_write);
+        let _ = u_write.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut u_read, &mut c_write);
+        let _ = c_write.shutdown(std::net::Shutdown::Both);
+    });
+}
