@@ -12,7 +12,9 @@
 //!   fails as "worker lost";
 //! - a worker takes only jobs whose plugins it has loaded; a worker that builds a target
 //!   on another worker's base fetches the base from object storage, sparse;
-//! - a database outage in the middle of a build loses nothing;
+//! - a database outage in the middle of a build loses nothing; object storage that goes
+//!   away gives 503 with one line, and a build that ends meanwhile waits to store its
+//!   body, then completes;
 //! - deleting an image whose job runs stops the build on the worker;
 //! - an API daemon's event stream shows the changes a worker and another API daemon
 //!   made, in order, from the database's notices;
@@ -33,6 +35,7 @@ use imagefactory_blackbox::{
 use serde_json::{json, Value};
 use testkit::moto::Moto;
 use testkit::postgres::PgServer;
+use testkit::proxy::SwitchProxy;
 
 /// Config keys as (name, value).
 type Extra<'a> = &'a [(&'a str, Value)];
@@ -53,12 +56,23 @@ const S3_SECRET: &str = "queue-test-s3-secret-key";
 enum SharedBodies {
     /// `"bodies": "s3://farm-bodies/farm"`. API daemons get the endpoint and keys as
     /// config keys, workers from the usual AWS environment variables: both ways are used.
-    S3(Moto, Box<ObjectStore>),
+    S3 {
+        /// The server, alive as long as the farm (killed on drop).
+        _moto: Moto,
+        /// Where the farm reaches it: moto itself or a proxy before it.
+        endpoint: String,
+        objects: Box<ObjectStore>,
+    },
     Dir(tempfile::TempDir),
 }
 
 impl SharedBodies {
     fn s3() -> SharedBodies {
+        SharedBodies::s3_through(|moto| moto.endpoint.clone())
+    }
+
+    /// A bucket on a moto server that the farm reaches at `endpoint(&moto)` (a proxy).
+    fn s3_through(endpoint: impl FnOnce(&Moto) -> String) -> SharedBodies {
         let moto = Moto::start();
         moto.create_bucket(BUCKET);
         let settings = ObjectSettings {
@@ -70,8 +84,9 @@ impl SharedBodies {
             secret_access_key: S3_SECRET.to_string(),
             session_token: None,
         };
-        let objects = ObjectStore::connect(&settings).expect("a client of the farm's bucket");
-        SharedBodies::S3(moto, Box::new(objects))
+        let objects = Box::new(ObjectStore::connect(&settings).expect("a client of the farm's bucket"));
+        let endpoint = endpoint(&moto);
+        SharedBodies::S3 { _moto: moto, endpoint, objects }
     }
 
     fn dir() -> SharedBodies {
@@ -81,7 +96,7 @@ impl SharedBodies {
     /// `image_manager_args.bodies`.
     fn location(&self) -> PathBuf {
         match self {
-            SharedBodies::S3(..) => PathBuf::from(BODIES_URL),
+            SharedBodies::S3 { .. } => PathBuf::from(BODIES_URL),
             SharedBodies::Dir(d) => d.path().to_path_buf(),
         }
     }
@@ -89,8 +104,8 @@ impl SharedBodies {
     /// `image_manager_args` of an API daemon on `pg`.
     fn daemon_args(&self, pg: &PgServer) -> Value {
         match self {
-            SharedBodies::S3(moto, _) => json!({
-                "url": pg.url(), "bodies": BODIES_URL, "s3_endpoint": moto.endpoint,
+            SharedBodies::S3 { endpoint, .. } => json!({
+                "url": pg.url(), "bodies": BODIES_URL, "s3_endpoint": endpoint,
                 "s3_access_key_id": S3_KEY_ID, "s3_secret_access_key": S3_SECRET,
             }),
             SharedBodies::Dir(d) => json!({"url": pg.url(), "bodies": d.path()}),
@@ -100,8 +115,8 @@ impl SharedBodies {
     /// The environment of a worker.
     fn worker_env(&self) -> Vec<(String, String)> {
         match self {
-            SharedBodies::S3(moto, _) => [
-                ("AWS_ENDPOINT_URL_S3", moto.endpoint.as_str()),
+            SharedBodies::S3 { endpoint, .. } => [
+                ("AWS_ENDPOINT_URL_S3", endpoint.as_str()),
                 ("AWS_ACCESS_KEY_ID", S3_KEY_ID),
                 ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
             ]
@@ -115,7 +130,7 @@ impl SharedBodies {
     /// Whether the farm's bucket holds the object `name` (`<id>.body`, ...).
     fn has(&self, name: &str) -> bool {
         match self {
-            SharedBodies::S3(_, objects) => {
+            SharedBodies::S3 { objects, .. } => {
                 let keys = objects.list(name).unwrap_or_else(|e| panic!("listing {name} in the bucket: {e}"));
                 keys.contains(&format!("farm/{name}"))
             }
@@ -505,6 +520,47 @@ fn postgres_stopped_for_10_seconds_mid_build_recovers_with_nothing_lost() {
     }
     assert!(bodies.has(&format!("{id}.body")), "the body of {id} in object storage");
     assert_eq!(job_column(&pg, &id, "state"), "done", "state of {id}'s job");
+}
+
+#[test]
+fn object_storage_down_mid_build_gives_503_and_the_build_waits_for_it() {
+    let pg = PgServer::start();
+    let mut proxy = None;
+    let bodies = SharedBodies::s3_through(|moto| {
+        let p = SwitchProxy::start(moto.port);
+        let endpoint = p.endpoint.clone();
+        proxy = Some(p);
+        endpoint
+    });
+    let proxy = proxy.expect("the proxy");
+    let d = api_daemon(&pg, &bodies, &[]);
+    let w1 = worker(&pg, &bodies, "w1", &[]);
+    let done = d.create_base(&mock_tdl(), json!({}));
+    assert_complete(&wait_final(&d, "base_images", &done, Duration::from_secs(60), &[&w1]), &d, "base_images", &[&w1]);
+    let id = d.create_base(&mock_tdl(), json!({"mock_sleep_seconds": 3}));
+    assert_eq!(wait_taken(&d, "base_images", &id, &[&w1]), "w1");
+
+    proxy.down();
+    let raw = format!("/imagefactory/base_images/{done}/raw_image");
+    let r = d.get(&raw);
+    let text = r.text();
+    assert_eq!(r.status, 503, "raw_image while object storage is away: {text}");
+    assert!(!text.trim_end().is_empty() && !text.trim_end().contains('\n'), "one line: {text:?}");
+    // The plugin's work ends; storing the body waits for object storage, not COMPLETE yet.
+    let waiting = wait_image(&d, "base_images", &id, Duration::from_secs(60), &[&w1], "wait to store", |img, _| {
+        (img["status_detail"]["activity"] == "Storing the image in object storage").then(|| img.clone())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let still = status_of(&d, "base_images", &id).expect("the image");
+    assert_eq!(still["status"], "BUILDING", "while object storage is away: {still}\nfirst seen: {waiting}");
+
+    proxy.up();
+    let img = wait_final(&d, "base_images", &id, Duration::from_secs(60), &[&w1]);
+    assert_complete(&img, &d, "base_images", &[&w1]);
+    let body = d.get(&format!("/imagefactory/base_images/{id}/raw_image"));
+    assert_eq!((body.status, body.text()), (200, format!("MockOS base_image file for id ({id})")), "after the outage");
+    assert_eq!(d.get(&raw).status, 200, "the earlier body after the outage");
+    assert_no_secret(&[&d], &[&w1]);
 }
 
 #[test]
