@@ -111,16 +111,20 @@ fn main() {
         "subject",
         "GET /imagefactory",
     );
+    // The daemon's peak so far after each phase, to tell which one sets it.
+    let mut peaks: Vec<(&str, u64)> = Vec::new();
     runtime.block_on(async {
         let by_id = Arc::new(ids.iter().map(|id| format!("/imagefactory/base_images/{id}")).collect::<Vec<_>>());
         let clients = connect_all(addr, CLIENTS).await;
         let (clients, mut s, mut r) = ab(addr, clients, &by_id, 100, 3).await;
         rows(&format!("GET by id, {CLIENTS} clients"), &mut s, &mut r);
+        peaks.push(("GET by id", memory(daemon.child.id()).1));
 
         let list = Arc::new(vec!["/imagefactory/base_images".to_string()]);
         let (clients, mut s, mut r) = ab(addr, clients, &list, 5, 3).await;
         rows(&format!("GET all base images, {CLIENTS} clients"), &mut s, &mut r);
         drop(clients);
+        peaks.push(("listings", memory(daemon.child.id()).1));
 
         let alone = connect_all(addr, 1).await;
         let (_, mut s, mut r) = ab(addr, alone, &list, 30, 3).await;
@@ -144,6 +148,14 @@ fn main() {
     });
     let (_, peak) = memory(daemon.child.id());
     let ((idle_rss, _), (empty_rss, _)) = idle;
+    for (after, kb) in peaks {
+        print_row(
+            &format!("VmHWM after {after} (baseline: empty, idle)"),
+            &mb(kb),
+            &mb(empty_rss),
+            kb as f64 / empty_rss.max(1) as f64,
+        );
+    }
     print_row(
         "VmRSS idle (baseline: empty store)",
         &mb(idle_rss),

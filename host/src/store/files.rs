@@ -55,16 +55,24 @@ struct Entry {
 
 impl Entry {
     /// The entry of `rec`, whose template was taken out of it (into `template`).
-    fn new(rec: &ImageRecord, template: Option<Arc<str>>, modified: SystemTime) -> Entry {
-        // Serializing a record cannot fail: its maps have string keys.
-        let json = serde_json::to_string(rec).unwrap_or_default();
+    /// `buffer` is scratch space for the JSON, reused by a caller that makes many entries
+    /// (start-up), so that only the entry's own copy stays allocated: growing a fresh
+    /// string for each would leave freed holes between the entries.
+    fn new(rec: &ImageRecord, template: Option<Arc<str>>, modified: SystemTime, buffer: &mut Vec<u8>) -> Entry {
+        buffer.clear();
+        // Serializing a record cannot fail (its maps have string keys), and serde_json
+        // writes UTF-8.
+        let json: Arc<str> = match serde_json::to_writer(&mut *buffer, rec) {
+            Ok(()) => std::str::from_utf8(buffer).map(Arc::from).unwrap_or_else(|_| Arc::from("")),
+            Err(_) => Arc::from(""),
+        };
         Entry {
             kind: rec.kind,
             status: rec.status,
             created: rec.created,
             base_image_id: rec.base_image_id.as_deref().map(Box::from),
             target_image_id: rec.target_image_id.as_deref().map(Box::from),
-            json: json.into(),
+            json,
             template,
             modified,
         }
@@ -184,7 +192,7 @@ const LOCK_ATTEMPTS: usize = 16;
 
 impl Index {
     fn insert(&mut self, rec: ImageRecord, modified: SystemTime) {
-        self.insert_loaded(Loaded::new(rec, modified, &mut Templates::default()));
+        self.insert_loaded(Loaded::new(rec, modified, &mut Templates::default(), &mut Vec::new()));
     }
 
     fn insert_loaded(&mut self, loaded: Loaded) {
@@ -253,9 +261,9 @@ impl Templates {
 }
 
 impl Loaded {
-    fn new(mut rec: ImageRecord, modified: SystemTime, templates: &mut Templates) -> Loaded {
+    fn new(mut rec: ImageRecord, modified: SystemTime, templates: &mut Templates, buffer: &mut Vec<u8>) -> Loaded {
         let template = rec.template.take().map(|t| templates.share(t));
-        let entry = Entry::new(&rec, None, modified);
+        let entry = Entry::new(&rec, None, modified, buffer);
         Loaded { id: rec.identifier, template, entry }
     }
 }
@@ -264,16 +272,16 @@ impl Loaded {
 const PARALLEL_LOAD_MIN: usize = 256;
 
 /// Reads and parses `.meta` files on every core (a daemon's start-up over a large store
-/// is mostly this), one reused buffer per thread; results in the order given.
-fn load_all(files: Vec<(PathBuf, SystemTime)>) -> Vec<(PathBuf, Result<Loaded, StoreError>)> {
+/// is mostly this), with reused buffers per thread; results in the order given (an error
+/// names its file).
+fn load_all(files: Vec<(PathBuf, SystemTime)>) -> Vec<Result<Loaded, StoreError>> {
     let load = |chunk: &[(PathBuf, SystemTime)]| {
-        let mut buffer = Vec::new();
+        let (mut file, mut json) = (Vec::new(), Vec::new());
         let mut templates = Templates::default();
         chunk
             .iter()
             .map(|(path, modified)| {
-                let loaded = read_meta_with(path, &mut buffer).map(|rec| Loaded::new(rec, *modified, &mut templates));
-                (path.clone(), loaded)
+                read_meta_with(path, &mut file).map(|rec| Loaded::new(rec, *modified, &mut templates, &mut json))
             })
             .collect::<Vec<_>>()
     };
@@ -369,10 +377,11 @@ impl FileStore {
             }
             stale.push((entry.path(), modified.unwrap_or(SystemTime::UNIX_EPOCH)));
         }
-        for (path, loaded) in load_all(stale) {
+        index.records.reserve(stale.len());
+        for loaded in load_all(stale) {
             match loaded {
                 Ok(loaded) => index.insert_loaded(loaded),
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping unreadable image metadata"),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable image metadata"),
             }
         }
         let gone: Vec<String> = index.records.keys().filter(|id| !seen.contains(*id)).cloned().collect();
