@@ -764,15 +764,7 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
-        let out: ProviderOutcome = decode(self.call(
-            cloud,
-            Operation::PushImageToProvider(req),
-            &self.inner.store.body_path(self.id),
-            0,
-            99,
-        )?)?;
-        self.provider_outcome(out);
-        Ok(())
+        self.on_provider(cloud, Operation::PushImageToProvider(req))
     }
 
     fn snapshot(&self, cloud: &ResolvedPlugin, provider: String, credentials: String) -> Step<()> {
@@ -788,23 +780,18 @@ impl Build<'_> {
             parameters: rec.parameters.clone(),
             settings: self.inner.config.settings.clone(),
         };
-        let out: ProviderOutcome = decode(self.call(
-            cloud,
-            Operation::SnapshotImageOnProvider(req),
-            &self.inner.store.body_path(self.id),
-            0,
-            99,
-        )?)?;
-        self.provider_outcome(out);
-        Ok(())
+        self.on_provider(cloud, Operation::SnapshotImageOnProvider(req))
     }
 
-    fn provider_outcome(&self, out: ProviderOutcome) {
+    /// Runs a push or snapshot in the cloud plugin and records what the provider said.
+    fn on_provider(&self, cloud: &ResolvedPlugin, op: Operation) -> Step<()> {
+        let out: ProviderOutcome = decode(self.call(cloud, op, &self.inner.store.body_path(self.id), 0, 99)?)?;
         self.update(|r| {
             r.identifier_on_provider = Some(out.identifier_on_provider);
             r.provider_account_identifier = out.provider_account_identifier;
             r.properties.extend(out.properties);
         });
+        Ok(())
     }
 
     fn import(&self, file: &Path) -> Step<()> {
